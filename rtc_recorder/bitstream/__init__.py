@@ -1,0 +1,1 @@
+"""Codec bitstream helpers: just enough parsing to put encoded frames into containers."""
