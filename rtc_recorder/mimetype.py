@@ -101,7 +101,8 @@ _CODEC_PATTERNS: list[tuple[re.Pattern[str], str, str]] = [
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _MIME_RE = re.compile(rf"\s*({_TOKEN})/({_TOKEN})\s*((?:;.*)?)", re.DOTALL)
-_PARAM_RE = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})\s*', re.DOTALL)
+# Browsers take unquoted lists (``codecs=vp8,opus``), so an unquoted value runs to the next ";".
+_PARAM_RE = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;"]*)', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def _parse(mime_type: str) -> tuple[str, list[str] | None] | None:
             continue
         if codecs is not None:
             return None
-        value = param.group(2)
+        value = param.group(2).strip()
         if value.startswith('"'):
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         codecs = [codec.strip() for codec in value.split(",")]

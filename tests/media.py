@@ -1,0 +1,263 @@
+"""Test media: synthetic live tracks, real peer connections on loopback, and inspection of
+recorded files by decoding them back (PyAV) and by an independent decoder (ffmpeg)."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+VIDEO_RATE = 90000
+AUDIO_RATE = 48000
+FLASH_PERIOD = 1.0  # seconds between flashes / beeps of the sync sources
+FLASH_LENGTH = 0.1
+
+
+def flash_instants(duration: float) -> list[float]:
+    """Source times at which flashes and beeps start."""
+    return [FLASH_PERIOD / 2 + k * FLASH_PERIOD for k in range(int(duration / FLASH_PERIOD) + 1)]
+
+
+def in_flash(t: float) -> bool:
+    """Whether source time ``t`` lies in a flash/beep."""
+    if t < FLASH_PERIOD / 2:
+        return False
+    return (t - FLASH_PERIOD / 2) % FLASH_PERIOD < FLASH_LENGTH
+
+
+class Clock:
+    """A shared source clock, so video and audio flash and beep at the same instants."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.start
+
+
+class SyntheticVideo(MediaStreamTrack):
+    """Live video paced in real time: a moving gradient, white while flashing.
+
+    ``sizes`` switches the picture size over time: [(from_seconds, width, height), ...].
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        width: int = 320,
+        height: int = 240,
+        fps: int = 30,
+        sizes: Sequence[tuple[float, int, int]] = (),
+    ) -> None:
+        super().__init__()
+        self.clock = clock or Clock()
+        self.fps = fps
+        self.sizes = [(0.0, width, height), *sizes]
+        self._index = 0
+
+    def size_at(self, t: float) -> tuple[int, int]:
+        width, height = self.sizes[0][1:]
+        for start, w, h in self.sizes:
+            if t >= start:
+                width, height = w, h
+        return width, height
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        t = self._index / self.fps
+        self._index += 1
+        delay = t - self.clock.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        width, height = self.size_at(t)
+        if in_flash(t):
+            picture = np.full((height, width, 3), 255, np.uint8)
+        else:
+            x = (np.arange(width, dtype=np.uint16) + self._index * 4) % 200
+            picture = np.empty((height, width, 3), np.uint8)
+            picture[:] = x[None, :, None].astype(np.uint8)
+            picture[: height // 4, : width // 4] = 20
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        frame.pts = round(t * VIDEO_RATE)
+        frame.time_base = fractions.Fraction(1, VIDEO_RATE)
+        return frame
+
+
+class SyntheticAudio(MediaStreamTrack):
+    """Live 48 kHz audio in 20 ms frames: quiet noise, a 1 kHz beep while flashing."""
+
+    kind = "audio"
+
+    def __init__(self, clock: Clock | None = None, channels: int = 1) -> None:
+        super().__init__()
+        self.clock = clock or Clock()
+        self.channels = channels
+        self._sample = 0
+        self._noise = np.random.default_rng(1)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        count = AUDIO_RATE // 50
+        t = self._sample / AUDIO_RATE
+        delay = t - self.clock.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        times = (self._sample + np.arange(count)) / AUDIO_RATE
+        signal = self._noise.normal(0, 30, count)
+        beeping = np.array([in_flash(x) for x in times])
+        signal += beeping * 12000 * np.sin(2 * math.pi * 1000 * times)
+        samples = np.repeat(signal.astype(np.int16)[None, :], self.channels, axis=0)
+        frame = av.AudioFrame.from_ndarray(
+            samples.T.reshape(1, -1),
+            format="s16",
+            layout="stereo" if self.channels == 2 else "mono",
+        )
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = self._sample
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        self._sample += count
+        return frame
+
+
+# -- inspecting recordings ------------------------------------------------------------
+
+
+def ffmpeg_errors(path: str | Path) -> str:
+    """What Debian's ffmpeg says when decoding the whole file (empty: a clean file)."""
+    result = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.stderr.strip() + (
+        "" if result.returncode == 0 else f" (exit {result.returncode})"
+    )
+
+
+@dataclass
+class StreamInfo:
+    """One stream of a recording, decoded back."""
+
+    kind: str
+    codec: str
+    packets: list[tuple[float, bool, int]] = field(default_factory=list)  # (time, key, size)
+    frames: list[float] = field(default_factory=list)  # decoded frame start times
+    end: float = 0.0  # end of the last decoded frame
+    width: int = 0
+    height: int = 0
+    sample_rate: int = 0
+
+    @property
+    def start(self) -> float:
+        return self.frames[0] if self.frames else 0.0
+
+
+def probe(path: str | Path | bytes, decode: bool = True) -> dict[str, StreamInfo]:
+    """Every stream's packets (time, keyframe, size) and decoded frame times."""
+    source = av.open(__import__("io").BytesIO(path) if isinstance(path, bytes) else str(path))
+    info: dict[str, StreamInfo] = {}
+    with source:
+        streams = {s.index: s for s in source.streams if s.type in ("audio", "video")}
+        for s in streams.values():
+            info[s.type] = StreamInfo(s.type, s.codec_context.name)
+        for packet in source.demux(*streams.values()):
+            stream = packet.stream
+            item = info[stream.type]
+            if packet.size and packet.pts is not None:
+                item.packets.append(
+                    (float(packet.pts * stream.time_base), packet.is_keyframe, packet.size)
+                )
+            if not decode:
+                continue
+            for frame in packet.decode():
+                if frame.pts is None:
+                    continue
+                start = float(frame.pts * frame.time_base)
+                item.frames.append(start)
+                if stream.type == "audio":
+                    item.end = max(item.end, start + frame.samples / frame.sample_rate)
+                    item.sample_rate = frame.sample_rate
+                else:
+                    item.width, item.height = frame.width, frame.height
+                    item.end = max(item.end, start)
+    video = info.get("video")
+    if video and len(video.frames) > 1:
+        video.end += video.frames[-1] - video.frames[-2]
+    return info
+
+
+def duration(info: dict[str, StreamInfo]) -> float:
+    """From the first decoded frame of any stream to the end of the last."""
+    return max(s.end for s in info.values()) - min(s.start for s in info.values())
+
+
+def flash_times(path: str | Path) -> tuple[list[float], list[float]]:
+    """Output times at which the video turns white and the audio starts beeping."""
+    flashes: list[float] = []
+    beeps: list[float] = []
+    with av.open(str(path)) as source:
+        for frame in source.decode(*[s for s in source.streams if s.type in ("audio", "video")]):
+            if frame.pts is None:
+                continue
+            t = float(frame.pts * frame.time_base)
+            if isinstance(frame, av.VideoFrame):
+                luma = frame.to_ndarray(format="gray")
+                bright = float(luma.mean()) > 230
+                if bright and (not flashes or t - flashes[-1] > 0.5):
+                    flashes.append(t)
+            else:
+                samples = frame.to_ndarray().astype(np.float64)
+                if samples.ndim > 1:
+                    samples = samples[0]
+                if np.issubdtype(frame.to_ndarray().dtype, np.floating):
+                    samples = samples * 32768
+                block = 240  # 5 ms
+                for offset in range(0, len(samples) - block + 1, block):
+                    loud = np.sqrt(np.mean(samples[offset : offset + block] ** 2)) > 3000
+                    at = t + offset / frame.sample_rate
+                    if loud and (not beeps or at - beeps[-1] > 0.5):
+                        beeps.append(at)
+    return flashes, beeps
+
+
+# -- peers ------------------------------------------------------------------------------
+
+
+async def connect(
+    sender: RTCPeerConnection, receiver: RTCPeerConnection, video_codec: str | None = None
+) -> None:
+    """Offer/answer between two peer connections on loopback (sender offers)."""
+    if video_codec is not None:
+        codecs = RTCRtpSender.getCapabilities("video").codecs
+        preferred = [c for c in codecs if c.mimeType.lower() == f"video/{video_codec}"]
+        for transceiver in sender.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.setCodecPreferences(preferred)
+    await sender.setLocalDescription(await sender.createOffer())
+    await receiver.setRemoteDescription(sender.localDescription)
+    await receiver.setLocalDescription(await receiver.createAnswer())
+    await sender.setRemoteDescription(receiver.localDescription)
+
+
+async def wait_for(predicate: object, timeout: float = 10.0, message: str = "") -> None:
+    """Poll ``predicate()`` on the loop until it is true (fails after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message or predicate}")
+        await asyncio.sleep(0.01)
