@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fractions
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,6 +25,9 @@ from .containers.base import Sample, TrackFormat
 
 logger = logging.getLogger("rtc_recorder")
 
+# SVT-AV1 prints its whole configuration to stderr unless told to report errors only.
+os.environ.setdefault("SVT_LOG", "1")
+
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_RATE = 48000
 MICROSECOND = 1_000_000
@@ -35,7 +39,7 @@ ENCODERS: dict[str, tuple[str, dict[str, str]]] = {
         "libvpx-vp9",
         {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "row-mt": "1"},
     ),
-    "av1": ("libsvtav1", {"preset": "12"}),
+    "av1": ("libsvtav1", {"preset": "12", "svtav1-params": "rtc=1:rc=2"}),
     "h264": ("libx264", {"preset": "veryfast", "tune": "zerolatency"}),
     "opus": ("libopus", {"application": "audio"}),
     "aac": ("aac", {}),

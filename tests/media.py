@@ -46,7 +46,8 @@ class Clock:
 
 
 class SyntheticVideo(MediaStreamTrack):
-    """Live video paced in real time: a moving gradient, white while flashing.
+    """Live video paced in real time: a moving gradient (or random blocks with ``noise``),
+    white while flashing.
 
     ``sizes`` switches the picture size over time: [(from_seconds, width, height), ...].
     """
@@ -60,12 +61,22 @@ class SyntheticVideo(MediaStreamTrack):
         height: int = 240,
         fps: int = 30,
         sizes: Sequence[tuple[float, int, int]] = (),
+        noise: bool = False,
     ) -> None:
         super().__init__()
         self.clock = clock or Clock()
         self.fps = fps
         self.sizes = [(0.0, width, height), *sizes]
+        self.noise = noise
         self._index = 0
+        self._random = np.random.default_rng(2)
+
+    def _texture(self, width: int, height: int) -> np.ndarray:
+        if getattr(self, "_texture_size", None) != (width, height):
+            blocks = self._random.integers(0, 200, (height // 8 + 1, width // 4 + 1, 3), np.uint8)
+            texture = np.repeat(np.repeat(blocks, 8, axis=0), 8, axis=1)[:height, : 2 * width]
+            self._texture_data, self._texture_size = texture, (width, height)
+        return self._texture_data
 
     def size_at(self, t: float) -> tuple[int, int]:
         width, height = self.sizes[0][1:]
@@ -85,6 +96,12 @@ class SyntheticVideo(MediaStreamTrack):
         width, height = self.size_at(t)
         if in_flash(t):
             picture = np.full((height, width, 3), 255, np.uint8)
+        elif self.noise:
+            # A detailed texture panning across, with a patch of fresh noise: encoders use
+            # what bitrate they are given (neither starved nor at their quality floor).
+            picture = self._texture(width, height)[:, self._index * 5 % width :][:, :width].copy()
+            patch = (min(48, height), min(64, width), 3)
+            picture[: patch[0], : patch[1]] = self._random.integers(0, 255, patch, np.uint8)
         else:
             x = (np.arange(width, dtype=np.uint16) + self._index * 4) % 200
             picture = np.empty((height, width, 3), np.uint8)
@@ -174,7 +191,7 @@ def probe(path: str | Path | bytes, decode: bool = True) -> dict[str, StreamInfo
     with source:
         streams = {s.index: s for s in source.streams if s.type in ("audio", "video")}
         for s in streams.values():
-            info[s.type] = StreamInfo(s.type, s.codec_context.name)
+            info[s.type] = StreamInfo(s.type, s.codec_context.codec.canonical_name)
         for packet in source.demux(*streams.values()):
             stream = packet.stream
             item = info[stream.type]
@@ -261,3 +278,103 @@ async def wait_for(predicate: object, timeout: float = 10.0, message: str = "") 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message or predicate}")
         await asyncio.sleep(0.01)
+
+
+# -- pre-encoded sources ----------------------------------------------------------------
+
+
+@dataclass
+class EncodedMedia:
+    """Media encoded once, to be sent as it is: (pts seconds, packet bytes, keyframe)."""
+
+    codec: str
+    packets: list[tuple[float, bytes, bool]]
+    rate: int
+
+
+def encode_sync_source(
+    seconds: float, width: int = 320, height: int = 240, keyframe_every: int = 15
+) -> tuple[EncodedMedia, EncodedMedia]:
+    """VP8 video that flashes white and Opus audio that beeps at the same source instants
+    (see :func:`in_flash`), encoded offline."""
+    video = av.CodecContext.create("libvpx", "w")
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.time_base = fractions.Fraction(1, VIDEO_RATE)
+    video.framerate = fractions.Fraction(30, 1)
+    video.bit_rate = 600_000
+    video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    source = SyntheticVideo(width=width, height=height)
+    packets = []
+    for index in range(int(seconds * 30)):
+        frame = asyncio.run(_frame_at(source, index))
+        frame.pict_type = (
+            av.video.frame.PictureType.I
+            if index % keyframe_every == 0
+            else av.video.frame.PictureType.NONE
+        )
+        for packet in video.encode(frame):
+            packets.append((float(packet.pts) / VIDEO_RATE, bytes(packet), packet.is_keyframe))
+    audio = av.CodecContext.create("libopus", "w")
+    audio.sample_rate, audio.layout, audio.format = AUDIO_RATE, "mono", "s16"
+    audio.time_base = fractions.Fraction(1, AUDIO_RATE)
+    audio.bit_rate = 48_000
+    audio.open()
+    sound = SyntheticAudio()
+    opus = []
+    for _ in range(int(seconds * 50)):
+        frame = asyncio.run(_audio_frame(sound))
+        for packet in audio.encode(frame):
+            # the encoder's lookahead shifts its timestamps back; keep the source's timing
+            opus.append((len(opus) * 0.02, bytes(packet), True))
+    return EncodedMedia("vp8", packets, VIDEO_RATE), EncodedMedia("opus", opus, AUDIO_RATE)
+
+
+async def _frame_at(source: SyntheticVideo, index: int) -> av.VideoFrame:
+    source._index = index
+    source.clock.start = time.monotonic() + 3600  # never wait
+    return await source.recv()
+
+
+async def _audio_frame(source: SyntheticAudio) -> av.AudioFrame:
+    source.clock.start = time.monotonic() + 3600
+    return await source.recv()
+
+
+class PacketTrack(MediaStreamTrack):
+    """Sends pre-encoded packets paced in real time on ``clock`` (aiortc packs them without
+    encoding). ``start_at`` delays the track's first packet; ``loop`` repeats the media.
+    Counts what it sent in :attr:`sent` (with the source time of each)."""
+
+    def __init__(
+        self, kind: str, media: EncodedMedia, clock: Clock, start_at: float = 0.0, loop: bool = True
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.media = media
+        self.clock = clock
+        self.start_at = start_at
+        self.loop = loop
+        self.sent: list[float] = []
+        self._index = 0
+        self._skip = next(i for i, p in enumerate(media.packets) if p[0] >= start_at)
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        count = len(self.media.packets)
+        position = self._skip + self._index
+        if not self.loop and position >= count:
+            self.stop()
+            raise MediaStreamError
+        length = self.media.packets[-1][0] + (self.media.packets[1][0] - self.media.packets[0][0])
+        at, data, _ = self.media.packets[position % count]
+        at += (position // count) * length
+        delay = at - self.clock.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self._index += 1
+        packet = av.Packet(data)
+        packet.pts = round(at * self.media.rate)
+        packet.time_base = fractions.Fraction(1, self.media.rate)
+        self.sent.append(at)
+        return packet

@@ -51,3 +51,14 @@ class EventLog:
         """Wait for the next ``name`` event."""
         waiter = self._waiters.setdefault(name, asyncio.get_running_loop().create_future())
         return await asyncio.wait_for(waiter, timeout)
+
+
+async def log_media(recorder: MediaRecorder, seconds: float) -> None:
+    """Let ``seconds`` of media reach the recording (waits on the recorder's own counters)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while recorder.getStats()["recordedTime"] < seconds or not any(
+        t["framesWritten"] for t in recorder.getStats()["tracks"]
+    ):
+        assert loop.time() < deadline, "no media reached the recording"
+        await asyncio.sleep(0.02)

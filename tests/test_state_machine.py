@@ -4,7 +4,6 @@ read inside each handler."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from rtc_recorder import (
 from rtc_recorder.errors import InvalidStateError as OurInvalidStateError
 
 from .media import SyntheticAudio, SyntheticVideo, ffmpeg_errors, probe
-from .support import EventLog
+from .support import EventLog, log_media
 
 STYLES = ["on", "attribute"]
 
@@ -211,17 +210,6 @@ async def test_request_data_fires_dataavailable_with_what_was_gathered(
     await recorder.stop()
     data = b"".join(chunk.data for chunk in log.events("dataavailable"))
     assert probe(data)["audio"].frames
-
-
-async def log_media(recorder: MediaRecorder, seconds: float) -> None:
-    """Let ``seconds`` of media reach the recording (waits on the recorder's own counters)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while recorder.getStats()["recordedTime"] < seconds or not any(
-        t["framesWritten"] for t in recorder.getStats()["tracks"]
-    ):
-        assert loop.time() < deadline, "no media reached the recording"
-        await asyncio.sleep(0.02)
 
 
 # -- stop --------------------------------------------------------------------------------
