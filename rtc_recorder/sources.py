@@ -27,12 +27,13 @@ from ._aiortc import EncodedFrame, ReceiverTap, SenderReport
 from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
-from .timeline import SyncGroup, Timeline, TrackClock
+from .timeline import FrameInterval, SyncGroup, Timeline, TrackClock
 from .writer import RecordingWriter
 
 logger = logging.getLogger("rtc_recorder")
 
 KEYFRAME_RETRY = 1.0  # seconds before asking again for a keyframe that has not come
+LOSS_PLI_INTERVAL = 0.25  # at most one keyframe request per this many seconds for losses
 
 
 @dataclass
@@ -44,6 +45,7 @@ class InputCounters:
     frames_dropped_waiting_for_keyframe: int = 0
     frames_dropped_incomplete: int = 0
     frames_dropped_backlog: int = 0
+    frames_dropped_late: int = 0
     keyframe_requests: int = 0
 
 
@@ -69,6 +71,8 @@ class TrackInput(ABC):
         self._on_ended = on_ended
         self._clock = clock
         self._restart = True
+        self._interval = FrameInterval()
+        self._last_out: int | None = None
 
     @property
     def synchronised(self) -> bool:
@@ -93,12 +97,32 @@ class TrackInput(ABC):
             self._on_ended(self, error)
 
     def _output_time(self, media: float, arrival: float) -> int | None:
-        """The frame's output time in µs, or None (counted) when it falls outside the recording."""
+        """The frame's output time in µs, or None (counted) when it falls outside the
+        recording, or (video) would not come after the frame before it: a pause cuts out
+        whole frame intervals, so right after a resume a frame may land on the last one's
+        slot."""
+        if self.kind == "video":
+            interval = self._interval.add(media)
+            if interval is not None:
+                self._timeline.quantum = interval
         out = self._timeline.output_time(self._clock.reference(media, arrival))
         if out is None:
             self.counters.frames_dropped_paused += 1
             return None
-        return round(out * MICROSECOND)
+        micros = round(out * MICROSECOND)
+        if self.kind == "video" and self._last_out is not None and micros <= self._last_out:
+            self.counters.frames_dropped_late += 1
+            return None
+        return micros
+
+    def _submit(self, out: int, payload: EncodedFrame | av.AudioFrame | av.VideoFrame) -> bool:
+        """Hand a frame to the writer; False (counted) if the writer is too far behind."""
+        if not self._writer.submit(MediaItem(self.index, out, payload, self._restart)):
+            self.counters.frames_dropped_backlog += 1
+            return False
+        self._restart = False
+        self._last_out = out
+        return True
 
 
 class EncodedInput(TrackInput):
@@ -115,10 +139,12 @@ class EncodedInput(TrackInput):
         tap: ReceiverTap,
         group: SyncGroup,
         *,
+        leading: bool = True,
         keyframe_interval_us: int | None = None,
         keyframe_interval_count: int | None = None,
     ) -> None:
-        super().__init__(index, track, timeline, writer, on_ended, TrackClock(group))
+        clock = TrackClock(group, leading=leading)
+        super().__init__(index, track, timeline, writer, on_ended, clock)
         self._tap = tap
         self._keyframe_interval_us = keyframe_interval_us
         self._keyframe_interval_count = keyframe_interval_count
@@ -151,7 +177,8 @@ class EncodedInput(TrackInput):
 
     def _lost(self) -> None:
         self._needs_keyframe = True
-        self._request_keyframe()
+        if self._requested_at is None or time.monotonic() - self._requested_at > LOSS_PLI_INTERVAL:
+            self._request_keyframe()
 
     def _on_frame(self, frame: EncodedFrame) -> None:
         self.counters.frames_received += 1
@@ -168,8 +195,11 @@ class EncodedInput(TrackInput):
             self.counters.frames_dropped_incomplete += 1
             self._lost()
             return
+        late = self.counters.frames_dropped_late
         out = self._output_time(frame.timestamp / frame.clock_rate, frame.arrival)
         if out is None:
+            if self.counters.frames_dropped_late > late:
+                self._lost()  # what follows would reference the dropped frame
             return
         if self._needs_keyframe:
             if not keyframe:
@@ -183,12 +213,8 @@ class EncodedInput(TrackInput):
             self._needs_keyframe = False
         if self.kind == "video":
             self._keyframe_schedule(out, keyframe)
-        if self._writer.submit(MediaItem(self.index, out, frame, self._restart)):
-            self._restart = False
-        else:
-            self.counters.frames_dropped_backlog += 1
-            if self.kind == "video":
-                self._lost()
+        if not self._submit(out, frame) and self.kind == "video":
+            self._lost()
 
     def _keyframe_schedule(self, out: int, keyframe: bool) -> None:
         """Honour the recorder's keyframe interval by asking the sender for keyframes."""
@@ -259,9 +285,5 @@ class DecodedInput(TrackInput):
             else arrival
         )
         out = self._output_time(media, arrival)
-        if out is None:
-            return
-        if self._writer.submit(MediaItem(self.index, out, frame, self._restart)):
-            self._restart = False
-        else:
-            self.counters.frames_dropped_backlog += 1
+        if out is not None:
+            self._submit(out, frame)

@@ -31,6 +31,7 @@ logger = logging.getLogger("rtc_recorder")
 HEADER_DEADLINE = 3.0  # seconds of waiting for a silent track before writing without it
 BACKLOG_LIMIT = 64 * 1024 * 1024  # bytes queued for the thread before frames are refused
 VIDEO_FRAME_US = 33_333  # assumed length of a last video frame
+MIN_VIDEO_SPACING_US = 1000  # Matroska's tick: two frames in one tick would share a timestamp
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class WriterStats:
     bytes: dict[int, int] = field(default_factory=dict)
     chunks: int = 0
     duration_us: int = 0
+    base_us: int = 0  # output time (before zero-basing) of the file's time 0
     header_written: bool = False
     dropped_tracks: list[int] = field(default_factory=list)
 
@@ -106,8 +108,10 @@ class RecordingWriter:
         notify: Callable[[WriterEvent], None],
         *,
         timeslice_us: int | None = None,
+        quantum: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._recording = recording
+        self._quantum = quantum
         self._processors = processors
         self._sink = sink
         self._notify = notify
@@ -219,9 +223,24 @@ class RecordingWriter:
         self.stats.header_written = True
         pending = sorted((s for s in self._pending if s.track in self._slots), key=lambda s: s.time)
         self._pending = []
-        self._base = pending[0].time if pending else 0
+        self._base = self.stats.base_us = self._time_zero(pending)
         for sample in pending:
             self._write(sample)
+
+    def _time_zero(self, samples: list[Sample]) -> int:
+        """Where the file's time 0 goes: at the earliest sample, moved back (by less than a
+        frame) so that video frames fall on the grid of their frame interval."""
+        if not samples:
+            return 0
+        earliest = samples[0].time
+        video = [s.time for s in samples if self._processors[s.track].kind == "video"]
+        if not video:
+            return earliest
+        # Until a track has shown its frame rate (a stream that begins with this keyframe),
+        # assume the usual 30 frames a second; slower rates of 30/n share its grid.
+        step = round((self._quantum() or VIDEO_FRAME_US / 1_000_000) * 1_000_000)
+        first = min(video)
+        return first - -(-(first - earliest) // step) * step
 
     def _write(self, sample: Sample) -> None:
         assert self._container is not None
@@ -245,9 +264,10 @@ class RecordingWriter:
         self.stats.duration_us = max(self.stats.duration_us, end)
 
     def _keep_in_order(self, sample: Sample) -> bool:
-        """Keep each track's times increasing: a video frame that would go back in time is
-        moved just after its predecessor; audio that would overlap what is written is dropped
-        (this happens once, when a track's clock is corrected by a sender report)."""
+        """Keep each track's times increasing: a video frame that would not come at least a
+        millisecond (the coarsest container tick) after its predecessor is moved there;
+        audio that would overlap what is written is dropped (this happens once, when a
+        track's clock is corrected by a sender report)."""
         last = self._last.get(sample.track)
         if sample.time < 0:
             if self._processors[sample.track].kind == "audio":
@@ -258,8 +278,8 @@ class RecordingWriter:
             if self._processors[sample.track].kind == "audio":
                 if sample.time < last_time + last_duration - 1000:
                     return False
-            elif sample.time <= last_time:
-                sample.time = last_time + 1000
+            elif sample.time < last_time + MIN_VIDEO_SPACING_US:
+                sample.time = last_time + MIN_VIDEO_SPACING_US
         self._last[sample.track] = (sample.time, sample.duration)
         return True
 
