@@ -37,6 +37,7 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 logger = logging.getLogger("rtc_recorder")
 
 TESTED_AIORTC = ("1.16.",)
+STALL_LIMIT = 0.3  # seconds a video frame may wait for a missing packet
 
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
@@ -141,6 +142,9 @@ class ReceiverTap:
         self._last_end: int | None = None
         self._last_timestamp = 0
         self._ended = False
+        self._keyframe_pending = False
+        self._last_frame_at = time.monotonic()
+        self.stalls_skipped = 0
         self._pli_tasks: set[asyncio.Future[None]] = set()
         self._install()
 
@@ -155,12 +159,19 @@ class ReceiverTap:
         add = jitter_buffer.add
 
         def observed_add(packet: RtpPacket) -> Any:
-            self.ssrc = packet.ssrc
+            if self.ssrc != packet.ssrc:
+                self.ssrc = packet.ssrc
+                if self._keyframe_pending:
+                    self._keyframe_pending = False
+                    self.request_keyframe()
             self._arrivals.setdefault(packet.timestamp, time.monotonic())
             if self.kind == "video":
                 self._observe(packet)
             pli, frame = add(packet)
+            if self.kind == "video":
+                frame = frame or self._unstall(jitter_buffer)
             if frame is not None:
+                self._last_frame_at = time.monotonic()
                 # The jitter buffer releases a frame only once later packets arrive: the
                 # first packet's arrival is when the frame was live.
                 frame._rtc_recorder_arrival = self._arrivals.pop(frame.timestamp, None)
@@ -190,6 +201,36 @@ class ReceiverTap:
             return await recv()
 
         self._track.recv = observed_recv  # type: ignore[method-assign]
+
+    def _unstall(self, jitter_buffer: Any) -> Any:
+        """Give up on a packet the jitter buffer has been waiting for too long.
+
+        aiortc's video jitter buffer holds everything behind a missing packet until 512
+        packets have piled up: with retransmissions lost too, that freezes video for
+        seconds. When no frame has come out for :data:`STALL_LIMIT` while packets keep
+        arriving, skip past the hole to the next packet held; the frame that comes out is
+        judged incomplete or after a gap, and video resumes on a keyframe.
+        """
+        now = time.monotonic()
+        if now - self._last_frame_at < STALL_LIMIT:
+            return None
+        capacity = jitter_buffer._capacity
+        slots = jitter_buffer._packets
+        origin = jitter_buffer._origin
+        if origin is None:
+            return None
+        hole = next((i for i in range(capacity) if slots[(origin + i) % capacity] is None), None)
+        if hole is None:
+            return None
+        held = next(
+            (i for i in range(hole, capacity) if slots[(origin + i) % capacity] is not None), None
+        )
+        if held is None:
+            return None
+        self.stalls_skipped += 1
+        self._last_frame_at = now
+        jitter_buffer.remove(held)
+        return jitter_buffer._remove_frame(jitter_buffer._origin)
 
     def _codec_of(self, packet: RtpPacket) -> str:
         codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
@@ -319,9 +360,13 @@ class ReceiverTap:
             self._end_listeners.remove(on_end)
 
     def request_keyframe(self) -> bool:
-        """Send a picture loss indication to the sender; False if there is nobody to ask yet."""
-        if self.kind != "video" or self.ssrc is None or self._ended:
+        """Send a picture loss indication to the sender (with its first packet, if none has
+        arrived yet); False for audio and for an ended receiver."""
+        if self.kind != "video" or self._ended:
             return False
+        if self.ssrc is None:
+            self._keyframe_pending = True
+            return True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -412,9 +457,14 @@ def tap_track(track: MediaStreamTrack) -> ReceiverTap | None:
         return None
     try:
         mapper = getattr(receiver, _TIMESTAMP_MAPPER)
+        jitter_buffer = getattr(receiver, _JITTER_BUFFER)
+        for name in ("_capacity", "_packets", "_origin"):
+            getattr(jitter_buffer, name)
         required = (
             getattr(receiver, _QUEUE).put,
-            getattr(receiver, _JITTER_BUFFER).add,
+            jitter_buffer.add,
+            jitter_buffer.remove,
+            jitter_buffer._remove_frame,
             receiver._send_rtcp_pli,
             receiver._handle_rtcp_packet,
         )

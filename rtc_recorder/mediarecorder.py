@@ -171,11 +171,12 @@ class MediaRecorder(EventEmitter):
             sink,
             lambda event: _call_soon(loop, self._on_writer_event, run, event),
             timeslice_us=timeslice_us,
+            quantum=lambda: run.timeline.quantum,
         )
         run = _Run(self._count, Timeline(now), writer, processors=processors, name=sink.path)
         groups: dict[object, SyncGroup] = {}
         for index, (track, tap) in enumerate(plans):
-            run.inputs.append(self._input(index, track, tap, run, groups))
+            run.inputs.append(self._input(index, track, tap, run, groups, plans))
         video = next((p.codec for p in processors if p.kind == "video"), None)
         audio = next((p.codec for p in processors if p.kind == "audio"), None)
         mime = self._recording.mime
@@ -238,7 +239,8 @@ class MediaRecorder(EventEmitter):
     def getStats(self) -> dict[str, Any]:
         """What the current (or last) recording did, per track: the path taken
         (pass-through or transcode), frames and bytes written, frames dropped and why,
-        keyframe requests, and the recorded and paused time."""
+        keyframe requests, and the recorded and paused time. ``pauseCuts`` are the times
+        in the file (seconds) where each pause was cut out."""
         run = self._current or self._last
         if run is None:
             return {"state": self._state, "tracks": []}
@@ -267,6 +269,9 @@ class MediaRecorder(EventEmitter):
             "recordedTime": run.timeline.recorded_time(now),
             "pausedTime": run.timeline.paused_time(now),
             "duration": writer.duration_us / 1_000_000,
+            "pauseCuts": [
+                round(cut - writer.base_us / 1_000_000, 6) for cut in run.timeline.cuts()
+            ],
             "bytes": run.bytes,
             "chunks": writer.chunks,
             "backlogBytes": run.writer.backlog,
@@ -334,6 +339,7 @@ class MediaRecorder(EventEmitter):
         tap: _aiortc.ReceiverTap | None,
         run: _Run,
         groups: dict[object, SyncGroup],
+        plans: list[tuple[MediaStreamTrack, _aiortc.ReceiverTap | None]],
     ) -> TrackInput:
         def ended(track_input: TrackInput, error: BaseException | None) -> None:
             self._on_input_ended(run, track_input, error)
@@ -341,6 +347,10 @@ class MediaRecorder(EventEmitter):
         if tap is None:
             return DecodedInput(index, track, run.timeline, run.writer, ended)
         group = groups.setdefault(tap.sync_key, SyncGroup())
+        # A sender's video track leads its clock; its other tracks follow.
+        leads = track.kind == "video" or not any(
+            t.kind == "video" and p is not None and p.sync_key == tap.sync_key for t, p in plans
+        )
         return EncodedInput(
             index,
             track,
@@ -349,6 +359,7 @@ class MediaRecorder(EventEmitter):
             ended,
             tap,
             group,
+            leading=leads,
             keyframe_interval_us=_interval_us(self.videoKeyFrameIntervalDuration, None),
             keyframe_interval_count=self.videoKeyFrameIntervalCount,
         )
@@ -406,7 +417,7 @@ class MediaRecorder(EventEmitter):
         self._queue(run, BlobEvent("dataavailable", event.data, event.timecode), waiters)
         if event.final:
             # requestData() calls the writer never answered (it had already finished).
-            waiters = list(run.data_waiters) + run.stop_waiters
+            waiters = list(run.data_waiters)
             run.data_waiters.clear()
             self._queue(run, Event("stop"), waiters)
 
@@ -435,6 +446,10 @@ class MediaRecorder(EventEmitter):
                 if not waiter.done():
                     waiter.set_result(None)
             if event.type == "stop":
+                # stop() calls made up to now wait for this event, wherever they came in.
+                for waiter in run.stop_waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
                 self._runs.popleft()
 
     def _future(self) -> asyncio.Future[None]:
