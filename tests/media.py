@@ -331,12 +331,12 @@ def encode_sync_source(
 
 async def _frame_at(source: SyntheticVideo, index: int) -> av.VideoFrame:
     source._index = index
-    source.clock.start = time.monotonic() + 3600  # never wait
+    source.clock.start = time.monotonic() - 3600  # far behind: never wait
     return await source.recv()
 
 
 async def _audio_frame(source: SyntheticAudio) -> av.AudioFrame:
-    source.clock.start = time.monotonic() + 3600
+    source.clock.start = time.monotonic() - 3600
     return await source.recv()
 
 

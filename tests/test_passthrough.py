@@ -1,0 +1,459 @@
+"""Recording without transcoding: real aiortc peer pairs over loopback, the receiving side
+recording with rtc_recorder, files decoded back and checked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.contrib.media import MediaBlackhole, MediaRelay
+
+import rtc_recorder._aiortc as tap_module
+from rtc_recorder import MediaRecorder
+
+from .media import (
+    Clock,
+    EncodedMedia,
+    PacketTrack,
+    SyntheticAudio,
+    SyntheticVideo,
+    connect,
+    encode_sync_source,
+    ffmpeg_errors,
+    flash_times,
+    probe,
+    wait_for,
+)
+from .support import EventLog, log_media
+
+FRAME = 1 / 30
+
+
+@pytest.fixture(scope="session")
+def sync_media() -> tuple[EncodedMedia, EncodedMedia]:
+    """Flashing VP8 and beeping Opus, encoded once for the whole session."""
+    return encode_sync_source(12.0)
+
+
+class Peers:
+    """A sender and a receiver peer connection; the receiver's tracks go to ``recorder``."""
+
+    def __init__(self) -> None:
+        self.sender = RTCPeerConnection()
+        self.receiver = RTCPeerConnection()
+        self.remote_tracks: list[Any] = []
+        self.receiver.on("track", self.remote_tracks.append)
+
+    async def connect(self, video_codec: str | None = None) -> None:
+        await connect(self.sender, self.receiver, video_codec)
+        await wait_for(lambda: self.receiver.connectionState == "connected", message="connection")
+
+    async def close(self) -> None:
+        await self.sender.close()
+        await self.receiver.close()
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    pair = Peers()
+    yield pair
+    await pair.close()
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts aiortc's decoders being created: its decoder thread makes one on its first frame."""
+    import aiortc.rtcrtpreceiver as receiver_module
+
+    calls: list[str] = []
+    original = receiver_module.get_decoder
+
+    def counting(codec: Any) -> Any:
+        calls.append(codec.mimeType)
+        return original(codec)
+
+    monkeypatch.setattr(receiver_module, "get_decoder", counting)
+    return calls
+
+
+def first_video_after(path: Path, instants: list[float]) -> list[bool]:
+    """Whether the first video packet at or after each instant is a keyframe."""
+    packets = probe(path, decode=False)["video"].packets
+    return [next(key for t, key, _ in packets if t >= instant - 0.0015) for instant in instants]
+
+
+async def record_remote(
+    peers: Peers, path: Path, codec: str | None = None, pauses: int = 0, **options: Any
+) -> tuple[MediaRecorder, EventLog, int]:
+    """Send synthetic 640x480 video and audio, record the received tracks with ``pauses``
+    pause/resume cycles; return the recorder, its events and the video frames sent."""
+    clock = Clock()
+    video = SyntheticVideo(clock, 640, 480)
+    peers.sender.addTrack(video)
+    peers.sender.addTrack(SyntheticAudio(clock))
+    await peers.connect(codec)
+    recorder = MediaRecorder(path, **options)
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    log = EventLog(recorder)
+    if pauses:
+        # Steady state: the senders' clocks are known, so any hole in the video is a resume.
+        await sender_reports(peers)
+    await recorder.start()
+    sent_at_start = video._index
+    for _ in range(pauses):
+        await asyncio.sleep(0.8)
+        await recorder.pause()
+        await asyncio.sleep(0.3)
+        await recorder.resume()
+    await asyncio.sleep(0.8 if pauses else 3.0)
+    sent = video._index - sent_at_start
+    await recorder.stop()
+    return recorder, log, sent
+
+
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+async def test_remote_tracks_are_recorded_without_decoding(
+    codec: str, peers: Peers, decoder_calls: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / ("out.webm" if codec == "vp8" else "out.mkv")
+    recorder, log, sent = await record_remote(peers, path, codec)
+    expected = "vp8,opus" if codec == "vp8" else "avc1,opus"
+    assert recorder.mimeType.endswith(";codecs=" + expected)
+    stats = recorder.getStats()
+    assert log.names == ["start", "dataavailable", "stop"]
+    assert [t["path"] for t in stats["tracks"]] == ["passthrough", "passthrough"]
+    assert decoder_calls == []
+    assert all(t["framesDecoded"] == 0 for t in stats["tracks"])
+    assert not ffmpeg_errors(path)
+    info = probe(path)
+    assert len(info["video"].packets) >= 0.95 * sent, (len(info["video"].packets), sent)
+    assert info["video"].packets[0][1]  # starts on a keyframe
+    assert len(info["audio"].packets) >= 0.95 * 50 * 3
+    if codec == "h264":
+        assert probe_extradata(path)[:1] == b"\x01"  # avcC: the parameter sets in the header
+
+
+async def test_video_restarts_on_a_keyframe_after_every_resume(
+    peers: Peers, decoder_calls: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "resumed.webm"
+    recorder, log, _ = await record_remote(peers, path, pauses=3)
+    stats = recorder.getStats()
+    assert log.names.count("pause") == log.names.count("resume") == 3
+    assert decoder_calls == []
+    assert not ffmpeg_errors(path)
+    cuts = stats["pauseCuts"]
+    assert len(cuts) == 3
+    assert first_video_after(path, [0.0, *cuts]) == [True] * 4
+    assert stats["tracks"][0]["keyframeRequests"] >= 3
+    assert abs(stats["pausedTime"] - 0.9) < 0.1
+
+
+async def sender_reports(peers: Peers) -> None:
+    """Wait until an RTCP sender report has arrived for every received track."""
+    taps = [tap_module.tap_track(track) for track in peers.remote_tracks]
+    await wait_for(lambda: all(t is not None and t.sender_report for t in taps), 8, "reports")
+
+
+def probe_extradata(path: Path) -> bytes:
+    import av
+
+    with av.open(str(path)) as source:
+        return bytes(source.streams.video[0].codec_context.extradata or b"")
+
+
+async def test_pass_through_and_a_reader_of_decoded_frames_both_work(
+    peers: Peers, tmp_path: Path
+) -> None:
+    peers.sender.addTrack(SyntheticVideo(width=320, height=240))
+    await peers.connect()
+    relay = MediaRelay()
+    remote = peers.remote_tracks[0]
+    recorder = MediaRecorder(tmp_path / "out.webm")
+    recorder.addTrack(relay.subscribe(remote))
+    frames: list[tuple[int, int]] = []
+
+    async def read_decoded() -> None:
+        reader = relay.subscribe(remote)
+        while True:
+            frame = await reader.recv()
+            frames.append((frame.width, frame.height))
+
+    reading = asyncio.ensure_future(read_decoded())
+    await recorder.start()
+    await log_media(recorder, 1.5)
+    await recorder.stop()
+    reading.cancel()
+    assert recorder.getStats()["tracks"][0]["path"] == "passthrough"
+    assert len(frames) >= 30 and set(frames) == {(320, 240)}
+    assert not ffmpeg_errors(tmp_path / "out.webm")
+    assert len(probe(tmp_path / "out.webm")["video"].frames) >= 40
+
+
+async def test_audio_and_video_stay_in_sync_across_pauses(
+    peers: Peers, sync_media: tuple[EncodedMedia, EncodedMedia], tmp_path: Path
+) -> None:
+    video_media, audio_media = sync_media
+    clock = Clock()
+    peers.sender.addTrack(PacketTrack("video", video_media, clock))
+    peers.sender.addTrack(PacketTrack("audio", audio_media, clock, start_at=0.3))
+    await peers.connect()
+    path = tmp_path / "sync.webm"
+    recorder = MediaRecorder(path)
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    await recorder.start()
+    for _ in range(3):
+        await asyncio.sleep(1.3)
+        await recorder.pause()
+        await asyncio.sleep(0.45)
+        await recorder.resume()
+    await asyncio.sleep(1.6)
+    await recorder.stop()
+
+    assert [t["path"] for t in recorder.getStats()["tracks"]] == ["passthrough", "passthrough"]
+    flashes, beeps = flash_times(path)
+    assert len(flashes) >= 4, (flashes, beeps)
+    pairs = [(f, min(beeps, key=lambda b, f=f: abs(b - f))) for f in flashes]
+    assert all(abs(f - b) <= 0.02 for f, b in pairs), pairs
+
+
+async def test_sender_reports_keep_sync_when_one_track_is_delayed_in_transit(
+    peers: Peers, sync_media: tuple[EncodedMedia, EncodedMedia], tmp_path: Path
+) -> None:
+    # Audio packets reach the receiver 120 ms later than video ones (as on a path where
+    # audio is queued): arrival times lie, the senders' RTCP reports do not.
+    video_media, audio_media = sync_media
+    clock = Clock()
+    peers.sender.addTrack(PacketTrack("video", video_media, clock))
+    peers.sender.addTrack(PacketTrack("audio", audio_media, clock))
+    await peers.connect()
+    delay_rtp(
+        peers.receiver, lambda packet: packet.payload_type < 100 and len(packet.payload) < 400, 0.12
+    )
+    recorder = MediaRecorder(tmp_path / "delayed.webm")
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    taps = [tap_module.tap_track(track) for track in peers.remote_tracks]
+    await wait_for(
+        lambda: all(t is not None and t.sender_report for t in taps), 8, "sender reports"
+    )
+    await recorder.start()
+    await asyncio.sleep(3.5)
+    await recorder.stop()
+    assert all(t["senderReportSync"] for t in recorder.getStats()["tracks"])
+    flashes, beeps = flash_times(tmp_path / "delayed.webm")
+    audio_end = probe(tmp_path / "delayed.webm")["audio"].end
+    # (the last 120 ms of audio were still in transit when the recording stopped)
+    flashes = [f for f in flashes if f < audio_end - 0.2]
+    assert len(flashes) >= 2
+    pairs = [(f, min(beeps, key=lambda b, f=f: abs(b - f))) for f in flashes]
+    assert all(abs(f - b) <= 0.02 for f, b in pairs), pairs
+
+
+def delay_rtp(pc: RTCPeerConnection, which: Callable[[Any], bool], seconds: float) -> None:
+    """Hold back the RTP packets ``which`` selects for ``seconds`` before the receiver sees them."""
+    from aiortc.rtp import RtpPacket
+
+    transport = pc.getTransceivers()[0].receiver.transport
+    handle = transport._handle_rtp_data
+    loop = asyncio.get_running_loop()
+
+    async def delayed(data: bytes, arrival_time_ms: int) -> None:
+        packet = RtpPacket.parse(data, transport._rtp_header_extensions_map)
+        if which(packet):
+            loop.call_later(seconds, lambda: asyncio.ensure_future(handle(data, arrival_time_ms)))
+        else:
+            await handle(data, arrival_time_ms)
+
+    transport._handle_rtp_data = delayed
+
+
+def drop_rtp(pc: RTCPeerConnection, fraction: float, seed: int = 7) -> list[int]:
+    """Drop a random ``fraction`` of incoming RTP packets before the receiver sees them, and
+    every retransmission, so that what is lost stays lost."""
+    from aiortc.rtp import RtpPacket
+
+    transport = pc.getTransceivers()[0].receiver.transport
+    retransmissions = {
+        codec.payloadType
+        for transceiver in pc.getTransceivers()
+        for codec in transceiver._codecs
+        if codec.mimeType.lower().endswith("/rtx")
+    }
+    handle = transport._handle_rtp_data
+    chance = random.Random(seed)
+    dropped: list[int] = []
+
+    async def lossy(data: bytes, arrival_time_ms: int) -> None:
+        packet = RtpPacket.parse(data, transport._rtp_header_extensions_map)
+        if packet.payload_type in retransmissions or chance.random() < fraction:
+            dropped.append(packet.payload_type)
+            return
+        await handle(data, arrival_time_ms)
+
+    transport._handle_rtp_data = lossy
+    return dropped
+
+
+async def test_lost_packets_give_a_clean_file_and_keyframe_requests(
+    peers: Peers, tmp_path: Path
+) -> None:
+    sender_video = SyntheticVideo(width=640, height=480, noise=True)
+    peers.sender.addTrack(sender_video)
+    peers.sender.addTrack(SyntheticAudio(sender_video.clock))
+    await peers.connect()
+    plis: list[float] = []
+    for transceiver in peers.sender.getTransceivers():
+        if transceiver.kind == "video":
+            sender = transceiver.sender
+            original = sender._send_keyframe
+            sender._send_keyframe = lambda original=original: (
+                plis.append(time.monotonic()),
+                original(),
+            )
+    dropped = drop_rtp(peers.receiver, 0.03)
+    path = tmp_path / "lossy.webm"
+    recorder = MediaRecorder(path)
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    await recorder.start()
+    await asyncio.sleep(8)
+    await recorder.stop()
+    stats = recorder.getStats()["tracks"]
+    assert len(dropped) >= 10
+    assert len(plis) >= 2  # the start, and after losses
+    assert stats[0]["framesDroppedIncomplete"] + stats[0]["framesDroppedWaitingForKeyframe"] > 0
+    assert not ffmpeg_errors(path)
+    info = probe(path)
+    # every lost packet stays lost (retransmissions dropped too): video still flows
+    assert len(info["video"].frames) >= 40 and len(info["audio"].frames) >= 300
+    assert info["video"].packets[0][1]
+    assert stats[0]["keyframeRequests"] >= 1
+
+
+async def test_rtp_timestamp_wraparound_is_seamless(
+    peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiortc.rtcrtpsender as sender_module
+
+    clock = Clock()
+    peers.sender.addTrack(SyntheticVideo(clock))
+    peers.sender.addTrack(SyntheticAudio(clock))
+    # Once the senders exist (their SSRCs drawn), every RTP clock starts just before 2**32:
+    # 1.5 s of video, 2.8 s of audio before it wraps.
+    monkeypatch.setattr(sender_module, "random32", lambda: 2**32 - 135_000)
+    await peers.connect()
+    path = tmp_path / "wrap.webm"
+    recorder = MediaRecorder(path)
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    await recorder.start()
+    await asyncio.sleep(3.0)
+    await recorder.stop()
+    assert not ffmpeg_errors(path)
+    info = probe(path)
+    for kind, limit in (("video", 2.5 * FRAME), ("audio", 0.045)):
+        gaps = np.diff(info[kind].frames)
+        assert gaps.min() > 0 and gaps.max() <= limit, (kind, gaps.min(), gaps.max())
+    assert info["video"].end > 2.7
+
+
+async def test_resolution_change_mid_stream_keeps_passing_through(
+    peers: Peers, tmp_path: Path
+) -> None:
+    video = SyntheticVideo(width=320, height=240, sizes=[(1.2, 640, 360)])
+    peers.sender.addTrack(video)
+    await peers.connect()
+    video.clock.start = time.monotonic()  # the size changes 1.2 s into the recording
+    video._index = 0
+    path = tmp_path / "sizes.webm"
+    recorder = MediaRecorder(path)
+    recorder.addTrack(peers.remote_tracks[0])
+    await recorder.start()
+    await asyncio.sleep(2.5)
+    await recorder.stop()
+    assert recorder.getStats()["tracks"][0]["path"] == "passthrough"
+    assert not ffmpeg_errors(path)
+    sizes = set()
+    import av
+
+    with av.open(str(path)) as source:
+        for frame in source.decode(video=0):
+            sizes.add((frame.width, frame.height))
+    assert sizes == {(320, 240), (640, 360)}
+
+
+async def test_statistics_report_the_path_and_what_happened(peers: Peers) -> None:
+    clock = Clock()
+    peers.sender.addTrack(SyntheticVideo(clock))
+    peers.sender.addTrack(SyntheticAudio(clock))
+    await peers.connect()
+    recorder = MediaRecorder(mimeType="video/webm;codecs=vp9,opus")
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    await recorder.start()
+    await log_media(recorder, 0.6)
+    await recorder.pause()
+    await asyncio.sleep(0.3)
+    await recorder.resume()
+    await log_media(recorder, 1.2)
+    await recorder.stop()
+    stats = recorder.getStats()
+    video, audio = stats["tracks"]
+    assert (video["kind"], video["path"], video["codec"]) == ("video", "transcode", "vp9")
+    assert (audio["kind"], audio["path"], audio["codec"]) == ("audio", "passthrough", "opus")
+    assert video["framesDecoded"] > 20 and audio["framesDecoded"] == 0
+    assert video["framesWritten"] > 20 and video["bytesWritten"] > 1000
+    assert audio["framesWritten"] > 50
+    assert video["keyframeRequests"] >= 1
+    assert stats["pausedTime"] >= 0.3 and stats["recordedTime"] >= 1.2
+    for key in ("framesDroppedWaitingForKeyframe", "framesDroppedPaused", "framesReceived"):
+        assert key in video
+
+
+async def test_unexpected_aiortc_falls_back_to_decoding_with_a_warning(
+    peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiortc
+
+    peers.sender.addTrack(SyntheticAudio())
+    await peers.connect()
+    monkeypatch.setattr(aiortc, "__version__", "9.0.0")
+    monkeypatch.setattr(tap_module, "_warned", set())
+    monkeypatch.setattr(tap_module, "_taps", type(tap_module._taps)())
+    path = tmp_path / "fallback.ogg"
+    recorder = MediaRecorder(path)
+    recorder.addTrack(peers.remote_tracks[0])
+    with caplog.at_level(logging.WARNING, logger="rtc_recorder"):
+        await recorder.start()
+    assert any("recording decoded frames" in r.getMessage() for r in caplog.records)
+    await log_media(recorder, 1.0)
+    await recorder.stop()
+    assert recorder.getStats()["tracks"][0]["path"] == "transcode"
+    assert not ffmpeg_errors(path)
+
+
+async def test_blackhole_consumer_does_not_disturb_recording(peers: Peers, tmp_path: Path) -> None:
+    peers.sender.addTrack(SyntheticAudio())
+    await peers.connect()
+    blackhole = MediaBlackhole()
+    blackhole.addTrack(peers.remote_tracks[0])
+    recorder = MediaRecorder(tmp_path / "a.weba")
+    recorder.addTrack(peers.remote_tracks[0])
+    await blackhole.start()
+    await recorder.start()
+    await log_media(recorder, 1.0)
+    await recorder.stop()
+    await blackhole.stop()
+    assert recorder.getStats()["tracks"][0]["path"] == "passthrough"
+    assert not ffmpeg_errors(tmp_path / "a.weba")
