@@ -1,0 +1,73 @@
+"""What ended up in a recording: its packets per stream, and how many frames decode.
+
+Runs in the orchestrator after the receivers have exited, so it never weighs on a
+measurement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import av
+
+
+def _empty_stream(decode: bool) -> dict[str, Any]:
+    return {
+        "codec": None,
+        "packets": 0,
+        "keyframes": 0,
+        "decoded": 0 if decode else None,
+        "seconds": 0.0,
+    }
+
+
+def inspect(path: Path, decode: bool = True) -> dict[str, Any]:
+    """Packets (and, with ``decode``, frames decoded without error) of the first video and
+    first audio stream of ``path``, their span in seconds, and any error met. ``decoded``
+    is None without ``decode``."""
+    result: dict[str, Any] = {
+        "file": str(path),
+        "bytes": path.stat().st_size if path.exists() else 0,
+        "video": _empty_stream(decode),
+        "audio": _empty_stream(decode),
+        "decodeErrors": 0,
+        "error": None,
+    }
+    if not path.exists():
+        result["error"] = "missing"
+        return result
+    try:
+        with av.open(str(path)) as container:
+            streams = {}
+            for kind in ("video", "audio"):
+                found = [s for s in container.streams if s.type == kind]
+                if found:
+                    streams[kind] = found[0]
+                    result[kind]["codec"] = found[0].codec_context.name
+            if "video" in streams:
+                streams["video"].codec_context.thread_type = "AUTO"
+            spans: dict[str, list[float]] = {kind: [] for kind in streams}
+            for packet in container.demux(*streams.values()):
+                kind = packet.stream.type
+                info = result[kind]
+                if packet.size and packet.pts is not None:
+                    info["packets"] += 1
+                    info["keyframes"] += int(packet.is_keyframe)
+                    start = float(packet.pts * packet.time_base)
+                    length = float((packet.duration or 0) * packet.time_base)
+                    span = spans[kind]
+                    if span:
+                        span[0], span[1] = min(span[0], start), max(span[1], start + length)
+                    else:
+                        span.extend((start, start + length))
+                if decode:
+                    try:
+                        info["decoded"] += len(packet.decode())  # empty packets flush
+                    except av.error.FFmpegError:
+                        result["decodeErrors"] += 1
+            for kind, span in spans.items():
+                if span:
+                    result[kind]["seconds"] = round(span[1] - span[0], 3)
+    except (av.error.FFmpegError, OSError) as error:
+        result["error"] = repr(error)
+    return result
