@@ -135,6 +135,8 @@ class MediaRecorder(EventEmitter):
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stream._observe(self._on_track_set_changed)
+        for track in self.stream:
+            _aiortc.tap_track(track)
 
     # -- the specification's API -------------------------------------------------------
 
@@ -149,7 +151,12 @@ class MediaRecorder(EventEmitter):
         return is_type_supported(type)
 
     def addTrack(self, track: MediaStreamTrack) -> None:
-        """Add a track to :attr:`stream` (as aiortc's recorder does)."""
+        """Add a track to :attr:`stream` (as aiortc's recorder does).
+
+        A track received by an aiortc peer connection stops being decoded from here on
+        (unless somebody reads decoded frames from it): the recording will take its
+        encoded frames.
+        """
         self.stream.addTrack(track)
 
     def start(self, timeslice: float | None = None) -> asyncio.Future[None]:
@@ -394,6 +401,8 @@ class MediaRecorder(EventEmitter):
             self._finish(run, None)
 
     def _on_track_set_changed(self, stream: MediaStream) -> None:
+        for track in stream:
+            _aiortc.tap_track(track)
         run = self._current
         if run is None or self._loop is None:
             return

@@ -21,6 +21,13 @@ async def strict_loop() -> AsyncIterator[None]:
     assert not errors, f"unhandled exceptions reached the event loop: {errors}"
 
 
-@pytest.fixture(autouse=True)
-def quiet_aioice() -> None:
+@pytest.fixture(autouse=True, scope="session")
+def loopback_only() -> None:
+    """WebRTC in the tests stays on 127.0.0.1: ICE gathers no other interface and asks no
+    STUN server (aiortc's default is a public one)."""
+    import aioice.ice
+    from aiortc.rtcicetransport import RTCIceGatherer
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+    RTCIceGatherer.getDefaultIceServers = staticmethod(lambda: [])  # type: ignore[method-assign]
     logging.getLogger("aioice").setLevel(logging.WARNING)

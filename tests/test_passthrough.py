@@ -99,10 +99,9 @@ async def record_remote(
     video = SyntheticVideo(clock, 640, 480)
     peers.sender.addTrack(video)
     peers.sender.addTrack(SyntheticAudio(clock))
-    await peers.connect(codec)
     recorder = MediaRecorder(path, **options)
-    for track in peers.remote_tracks:
-        recorder.addTrack(track)
+    peers.receiver.on("track", recorder.addTrack)  # the usual server pattern
+    await peers.connect(codec)
     log = EventLog(recorder)
     if pauses:
         # Steady state: the senders' clocks are known, so any hole in the video is a resume.

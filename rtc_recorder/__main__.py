@@ -1,0 +1,7 @@
+"""``python -m rtc_recorder serve``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""``rtc-recorder serve``: signaling, control API, recordings and the page."""

@@ -1,0 +1,409 @@
+"""The aiohttp application: thin handlers translating HTTP into calls on the sessions and
+the recordings store. Every error is JSON ``{error, message}`` with a fitting status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..errors import InvalidStateError, NotSupportedError, RecorderError
+from ..mimetype import is_type_supported, supported_types
+from .recordings import RecordingStore, UnknownRecording
+from .sessions import BadOffer, Session, SessionManager, TooManySessions
+from .settings import Settings
+
+logger = logging.getLogger("rtc_recorder.server")
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions", SessionManager)
+STORE: web.AppKey[RecordingStore] = web.AppKey("store", RecordingStore)
+
+METHODS = ("start", "pause", "resume", "requestData", "stop")
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location",
+    "Access-Control-Max-Age": "86400",
+}
+PROTECTED = ("/api", "/offer", "/whip", "/recordings")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answered as ``{error: name, message}`` with ``status``."""
+
+    def __init__(self, status: int, name: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.name = name
+
+
+def error_response(status: int, name: str, message: str) -> web.Response:
+    return web.json_response({"error": name, "message": message}, status=status)
+
+
+def static_folder() -> Path:
+    """The page's files: inside the installed package, or ``static/`` of a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "static", here.parent / "static"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    raise FileNotFoundError("the page's static files are missing")
+
+
+# -- middlewares ------------------------------------------------------------------------
+
+_HTTP_NAMES = {
+    400: "SyntaxError",
+    401: "NotAllowedError",
+    403: "NotAllowedError",
+    404: "NotFoundError",
+    405: "NotSupportedError",
+    409: "InvalidStateError",
+    413: "QuotaExceededError",
+    415: "NotSupportedError",
+    503: "QuotaExceededError",
+}
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; nothing reaches the client as a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.name, str(exc))
+    except InvalidStateError as exc:
+        return error_response(409, exc.name, str(exc))
+    except RecorderError as exc:
+        return error_response(400, exc.name, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        name = _HTTP_NAMES.get(exc.status, "UnknownError")
+        response = error_response(exc.status, name, exc.reason)
+        for header in ("Allow", "WWW-Authenticate"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+        return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        logger.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "UnknownError", "the server failed to answer this request")
+
+
+@web.middleware
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the signaling and API routes (WHIP clients run in other origins)."""
+    if request.method == "OPTIONS" and request.path.startswith(PROTECTED):
+        return web.Response(status=204, headers=CORS_HEADERS)
+    response = await handler(request)
+    if request.path.startswith(PROTECTED) and not response.prepared:
+        response.headers.update(CORS_HEADERS)
+    return response
+
+
+def auth(token: str | None) -> Any:
+    """Bearer-token check for the protected routes (the page and static files stay open).
+
+    Browsers cannot set headers on a WebSocket or a ``<video src>``, so those may carry
+    the token as ``?token=`` instead.
+    """
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is None or not request.path.startswith(PROTECTED):
+            return await handler(request)
+        given = request.headers.get("Authorization", "")
+        candidate = given[7:] if given.startswith("Bearer ") else request.query.get("token", "")
+        if not secrets.compare_digest(candidate.encode(), token.encode()):
+            response = error_response(401, "NotAllowedError", "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="rtc-recorder"'
+            response.headers.update(CORS_HEADERS)
+            return response
+        return await handler(request)
+
+    return check
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def read_json(request: web.Request, *, required: bool) -> dict[str, Any]:
+    """The request's JSON object (``{}`` for an empty optional body)."""
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "SyntaxError", "a JSON body is required")
+        return {}
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "SyntaxError", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "TypeError", "the body must be a JSON object")
+    return body
+
+
+def optional_mime_type(body: dict[str, Any]) -> str | None:
+    value = body.get("mimeType")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "TypeError", "mimeType must be a string")
+    if not is_type_supported(value):
+        raise ApiError(400, "NotSupportedError", f"{value!r} cannot be recorded")
+    return value
+
+
+def optional_timeslice(body: dict[str, Any]) -> int | None:
+    value = body.get("timeslice")
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 10 <= value <= 3_600_000
+    ):
+        raise ApiError(
+            400, "TypeError", "timeslice must be a number of milliseconds (10 to 3600000)"
+        )
+    return int(value)
+
+
+def session_of(request: web.Request) -> Session:
+    try:
+        return request.app[SESSIONS].get(request.match_info["session"])
+    except KeyError:
+        raise ApiError(404, "NotFoundError", "no such session") from None
+
+
+async def create_session(
+    request: web.Request, sdp: str, body: dict[str, Any]
+) -> tuple[Session, str]:
+    try:
+        return await request.app[SESSIONS].create(
+            sdp, optional_mime_type(body), optional_timeslice(body)
+        )
+    except TooManySessions as exc:
+        raise ApiError(503, "QuotaExceededError", str(exc)) from None
+    except BadOffer as exc:
+        raise ApiError(400, "SyntaxError", str(exc)) from None
+
+
+# -- signaling ----------------------------------------------------------------------------
+
+
+async def offer(request: web.Request) -> web.Response:
+    """``POST /offer``: ``{sdp, type: "offer", mimeType?, timeslice?}`` -> the answer."""
+    body = await read_json(request, required=True)
+    if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+        raise ApiError(400, "TypeError", 'expected {"sdp": "...", "type": "offer"}')
+    session, answer = await create_session(request, body["sdp"], body)
+    return web.json_response({"sdp": answer, "type": "answer", "session": session.id})
+
+
+async def whip(request: web.Request) -> web.Response:
+    """``POST /whip`` (RFC 9725): an SDP offer in, ``201 Created`` with the answer out."""
+    if request.content_type != "application/sdp":
+        raise ApiError(415, "NotSupportedError", "WHIP offers are application/sdp")
+    raw = await request.read()
+    try:
+        sdp = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "SyntaxError", "the offer is not UTF-8 text") from None
+    session, answer = await create_session(request, sdp, {})
+    location = f"/whip/{session.id}"
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type="application/sdp",
+        headers={"Location": location, "ETag": f'"{session.id}"'},
+    )
+
+
+async def whip_delete(request: web.Request) -> web.Response:
+    """``DELETE /whip/{session}``: hang up; the recording is finalized first."""
+    session = session_of(request)
+    await session.close("WHIP hang-up")
+    return web.Response(status=200)
+
+
+async def whip_patch(request: web.Request) -> web.Response:
+    """Trickle ICE is not supported (answers carry every candidate)."""
+    session_of(request)
+    raise web.HTTPMethodNotAllowed("PATCH", ["DELETE", "OPTIONS"])
+
+
+# -- control ------------------------------------------------------------------------------
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    sessions = request.app[SESSIONS].sessions.values()
+    return web.json_response([session.to_json() for session in sessions])
+
+
+async def get_session(request: web.Request) -> web.Response:
+    return web.json_response(session_of(request).to_json())
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """Hang up a session from the API (recording finalized, peer closed)."""
+    await session_of(request).close("hang-up")
+    return web.json_response({"closed": True})
+
+
+async def call_method(request: web.Request) -> web.Response:
+    """``POST /api/sessions/{id}/{method}``: the recorder method; answers the new state."""
+    session = session_of(request)
+    method = request.match_info["method"]
+    if method not in METHODS:
+        raise ApiError(404, "NotFoundError", f"no method {method!r}")
+    body = await read_json(request, required=False)
+    if method == "start":
+        await session.start(optional_mime_type(body), optional_timeslice(body))
+    else:
+        session.command(method)
+    return web.json_response({"state": session.state, **session.to_json()})
+
+
+async def events(request: web.Request) -> web.WebSocketResponse:
+    """``GET /api/sessions/{id}/events``: a WebSocket with one JSON message per event."""
+    session = session_of(request)
+    socket = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
+    await socket.prepare(request)
+    queue = session.subscribe()
+    try:
+        await socket.send_json({"type": "session", **session.to_json()})
+        reader = asyncio.ensure_future(_drain_incoming(socket))
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                getter.cancel()
+                break
+            message = getter.result()
+            if message is None:
+                reader.cancel()
+                break
+            await socket.send_json(message)
+    finally:
+        session.unsubscribe(queue)
+        await socket.close()
+    return socket
+
+
+async def _drain_incoming(socket: web.WebSocketResponse) -> None:
+    """Read (and ignore) what the client sends, until it closes."""
+    async for message in socket:
+        if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break
+
+
+# -- recordings ---------------------------------------------------------------------------
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    entries = await store.list(request.app[SESSIONS].live_durations())
+    return web.json_response([entry.to_json() for entry in entries])
+
+
+async def get_recording(request: web.Request) -> web.FileResponse:
+    """The file, with Range support (seeking in ``<video>``)."""
+    store = request.app[STORE]
+    name = request.match_info["name"]
+    try:
+        path = store.path(name)
+    except UnknownRecording:
+        raise ApiError(404, "NotFoundError", "no such recording") from None
+    response = web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    response.content_type = store.content_type(name)
+    if "download" in request.query:
+        response.headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
+    return response
+
+
+async def delete_recording(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    name = request.match_info["name"]
+    if name in request.app[SESSIONS].live_durations():
+        raise ApiError(409, "InvalidStateError", "this recording is still being made")
+    try:
+        store.delete(name)
+    except UnknownRecording:
+        raise ApiError(404, "NotFoundError", "no such recording") from None
+    return web.json_response({"deleted": name})
+
+
+# -- misc -----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "sessions": len(request.app[SESSIONS].sessions)})
+
+
+async def config(request: web.Request) -> web.Response:
+    """What the page offers: the types the server records, and its defaults."""
+    settings = request.app[SETTINGS]
+    types = supported_types()
+    if settings.mime_type not in types:
+        types.insert(0, settings.mime_type)
+    return web.json_response(
+        {
+            "mimeTypes": types,
+            "mimeType": settings.mime_type,
+            "timeslice": settings.timeslice,
+            "autoRecord": settings.auto_record,
+            "tokenRequired": settings.token is not None,
+        }
+    )
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(static_folder() / "index.html")
+
+
+async def _shutdown(app: web.Application) -> None:
+    await app[SESSIONS].close_all()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The server's application."""
+    app = web.Application(
+        middlewares=[cors, auth(settings.token), errors], client_max_size=settings.max_body
+    )
+    store = RecordingStore(settings.recordings)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[SESSIONS] = SessionManager(settings, store)
+    app.on_shutdown.append(_shutdown)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/offer", offer)
+    app.router.add_post("/whip", whip)
+    app.router.add_delete("/whip/{session}", whip_delete)
+    app.router.add_patch("/whip/{session}", whip_patch)
+    app.router.add_get("/api/config", config)
+    app.router.add_get("/api/sessions", list_sessions)
+    app.router.add_get("/api/sessions/{session}", get_session)
+    app.router.add_delete("/api/sessions/{session}", delete_session)
+    app.router.add_post("/api/sessions/{session}/{method}", call_method)
+    app.router.add_get("/api/sessions/{session}/events", events)
+    app.router.add_get("/api/recordings", list_recordings)
+    app.router.add_delete("/api/recordings/{name}", delete_recording)
+    app.router.add_get("/recordings/{name}", get_recording)
+    app.router.add_static("/static", static_folder(), show_index=False, follow_symlinks=False)
+    return app
+
+
+__all__ = ["NotSupportedError", "create_app"]

@@ -1,0 +1,138 @@
+"""The server's configuration, read in one place: command-line flags, each with an
+``RTC_RECORDER_*`` environment variable, and defaults that work with neither."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..mimetype import is_type_supported
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``rtc-recorder serve`` can be told."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    recordings: Path = Path("recordings")
+    mime_type: str = "video/webm;codecs=vp8,opus"
+    timeslice: int = 1000
+    auto_record: bool = False
+    token: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    max_sessions: int = 50
+    max_body: int = 256 * 1024
+    max_recording_seconds: float | None = None
+    max_recording_bytes: int | None = None
+    idle_timeout: float = 15.0
+    ice_servers: str = ""
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if not is_type_supported(self.mime_type):
+            raise ValueError(f"--mime-type: {self.mime_type!r} cannot be recorded")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+        for name in ("port", "timeslice", "max_sessions", "max_body"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("--log-format is 'text' or 'json'")
+
+
+_HELP = {
+    "host": "address to listen on",
+    "port": "port to listen on",
+    "recordings": "folder the recordings are written to (created if missing)",
+    "mime_type": "type recorded when a client does not ask for one",
+    "timeslice": "milliseconds of media per dataavailable chunk (and per file flush)",
+    "auto_record": "record every session from its first media until hang-up",
+    "token": "require 'Authorization: Bearer TOKEN' on /api, /offer, /whip and /recordings",
+    "cert": "TLS certificate (PEM) to serve HTTPS",
+    "key": "TLS private key (PEM) for --cert",
+    "max_sessions": "concurrent sessions; more are refused with 503",
+    "max_body": "largest request body accepted, in bytes (413 beyond)",
+    "max_recording_seconds": "stop a recording after this many seconds of media",
+    "max_recording_bytes": "stop a recording once its file reaches this many bytes",
+    "idle_timeout": "close a session that has not connected, or has sent no media, for this long",
+    "ice_servers": "comma-separated STUN/TURN URLs for ICE (none by default: host candidates)",
+    "log_format": "'text' (key=value) or 'json' (one object per line)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str:
+    return "RTC_RECORDER_" + name.upper()
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting; each defaults to its ``RTC_RECORDER_*`` variable."""
+    for field in fields(Settings):
+        help_text = f"{_HELP[field.name]} (env {_env(field.name)})"
+        if field.type == "bool":
+            parser.add_argument(
+                _flag(field.name), action="store_true", default=None, help=help_text
+            )
+        else:
+            parser.add_argument(
+                _flag(field.name), default=None, metavar=field.name.upper(), help=help_text
+            )
+
+
+def from_arguments(
+    arguments: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> Settings:
+    """Settings from parsed flags, falling back to the environment, then to the defaults."""
+    values: dict[str, object] = {}
+    for field in fields(Settings):
+        raw = getattr(arguments, field.name, None)
+        if raw is None:
+            raw = environ.get(_env(field.name))
+        if raw is None or raw == "":
+            continue
+        values[field.name] = _convert(field.name, str(field.type), raw)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _convert(name: str, kind: str, raw: object) -> object:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw)
+    try:
+        if kind == "bool":
+            return _parse_bool(text)
+        if kind == "int":
+            return int(text)
+        if kind in ("float", "float | None"):
+            return float(text)
+        if kind == "int | None":
+            return int(text)
+        if "Path" in kind:
+            return Path(text)
+    except ValueError as exc:
+        raise ValueError(f"{_flag(name)}: {exc}") from None
+    return text
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> Settings:
+    """Settings for ``rtc-recorder serve ARGV``."""
+    parser = argparse.ArgumentParser(prog="rtc-recorder serve")
+    add_arguments(parser)
+    return from_arguments(parser.parse_args(list(argv)), environ)
