@@ -1,0 +1,156 @@
+"""Running the server in tests: in-process (aiohttp's test client) or as a real process, and
+aiortc clients that publish synthetic media to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient, TestServer
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from rtc_recorder.server.app import create_app
+from rtc_recorder.server.settings import Settings
+
+from .media import Clock, SyntheticAudio, SyntheticVideo, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def running_app(**settings: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    """The server's application behind aiohttp's test client."""
+    client = TestClient(TestServer(create_app(Settings(**settings))))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@dataclass
+class Publisher:
+    """An aiortc client sending synthetic camera and microphone tracks to the server."""
+
+    pc: RTCPeerConnection
+    session: str
+    location: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+def publisher_pc(video: bool = True, audio: bool = True) -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    clock = Clock()
+    if video:
+        pc.addTrack(SyntheticVideo(clock))
+    if audio:
+        pc.addTrack(SyntheticAudio(clock))
+    return pc
+
+
+async def publish(
+    http: aiohttp.ClientSession | TestClient[Any, Any],
+    *,
+    whip: bool = False,
+    token: str | None = None,
+    video: bool = True,
+    audio: bool = True,
+    **body: Any,
+) -> Publisher:
+    """Publish via ``/offer`` (JSON) or ``/whip`` (SDP) and wait until connected."""
+    pc = publisher_pc(video, audio)
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if whip:
+        response = await http.post(
+            "/whip",
+            data=pc.localDescription.sdp,
+            headers={**headers, "Content-Type": "application/sdp"},
+        )
+        assert response.status == 201, await response.text()
+        answer = await response.text()
+        location = response.headers["Location"]
+        session = location.rsplit("/", 1)[1]
+    else:
+        offer = {"sdp": pc.localDescription.sdp, "type": "offer", **body}
+        response = await http.post("/offer", json=offer, headers=headers)
+        assert response.status == 200, await response.text()
+        reply = await response.json()
+        answer, session, location = reply["sdp"], reply["session"], None
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    await wait_for(lambda: pc.connectionState == "connected", 10, "the publisher to connect")
+    return Publisher(pc, session, location, headers)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@asynccontextmanager
+async def server_process(
+    recordings: Path, *args: str
+) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m rtc_recorder serve`` in a process of its own; yields it and its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rtc_recorder",
+            "serve",
+            "--port",
+            str(port),
+            "--recordings",
+            str(recordings),
+            *args,
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"{base}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                await asyncio.sleep(0.05)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
+async def next_event(
+    socket: aiohttp.ClientWebSocketResponse, kind: str, timeout: float = 15
+) -> dict[str, Any]:
+    """Read the events WebSocket until a message of ``kind`` arrives."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await socket.receive()
+            assert message.type == aiohttp.WSMsgType.TEXT, message
+            data = json.loads(message.data)
+            if data["type"] == kind:
+                return data  # type: ignore[no-any-return]
