@@ -378,3 +378,26 @@ class PacketTrack(MediaStreamTrack):
         packet.time_base = fractions.Fraction(1, self.media.rate)
         self.sent.append(at)
         return packet
+
+
+def make_media_file(path: Path, seconds: float) -> None:
+    """An H.264 + AAC file to play from (the kind of file aiortc's examples use)."""
+    with av.open(str(path), "w") as output:
+        video = output.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        audio = output.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        for index in range(int(seconds * 30)):
+            picture = np.full((240, 320, 3), index * 4 % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            output.mux(video.encode(frame))
+        tone = np.sin(np.arange(int(seconds * 48000)) * 2 * np.pi * 440 / 48000) * 8000
+        for start in range(0, len(tone), 1024):
+            block = tone[start : start + 1024].astype(np.float32)[None, :] / 32768
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+            frame.sample_rate = 48000
+            frame.pts = start
+            output.mux(audio.encode(frame))
+        output.mux(video.encode(None))
+        output.mux(audio.encode(None))

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from aiortc.contrib.media import MediaPlayer
@@ -26,6 +25,7 @@ from .media import (
     duration,
     ffmpeg_errors,
     flash_times,
+    make_media_file,
     probe,
 )
 from .support import EventLog, log_media
@@ -260,29 +260,6 @@ async def test_drop_in_for_aiortc_media_recorder(tmp_path: Path) -> None:
     info = probe(target)
     assert set(info) == {"audio", "video"}
     assert abs(duration(info) - 2.0) <= 0.15
-
-
-def make_media_file(path: Path, seconds: float) -> None:
-    """An H.264 + AAC file to play from (the kind of file aiortc's examples use)."""
-    with av.open(str(path), "w") as output:
-        video = output.add_stream("libx264", rate=30)
-        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
-        audio = output.add_stream("aac", rate=48000)
-        audio.layout = "mono"
-        for index in range(int(seconds * 30)):
-            picture = np.full((240, 320, 3), index * 4 % 256, np.uint8)
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-            frame.pts = index
-            output.mux(video.encode(frame))
-        tone = np.sin(np.arange(int(seconds * 48000)) * 2 * np.pi * 440 / 48000) * 8000
-        for start in range(0, len(tone), 1024):
-            block = tone[start : start + 1024].astype(np.float32)[None, :] / 32768
-            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
-            frame.sample_rate = 48000
-            frame.pts = start
-            output.mux(audio.encode(frame))
-        output.mux(video.encode(None))
-        output.mux(audio.encode(None))
 
 
 def run_recorder_process(path: Path, *args: str) -> subprocess.Popen[str]:
