@@ -265,48 +265,73 @@ async def delete_session(request: web.Request) -> web.Response:
 async def call_method(request: web.Request) -> web.Response:
     """``POST /api/sessions/{id}/{method}``: the recorder method; answers the new state."""
     session = session_of(request)
-    method = request.match_info["method"]
+    body = await read_json(request, required=False)
+    await invoke(session, request.match_info["method"], body)
+    return web.json_response({"state": session.state, **session.to_json()})
+
+
+async def invoke(session: Session, method: str, body: dict[str, Any]) -> None:
+    """Call one recorder method on a session (from the API or the WebSocket)."""
     if method not in METHODS:
         raise ApiError(404, "NotFoundError", f"no method {method!r}")
-    body = await read_json(request, required=False)
     if method == "start":
         await session.start(optional_mime_type(body), optional_timeslice(body))
     else:
         session.command(method)
-    return web.json_response({"state": session.state, **session.to_json()})
 
 
 async def events(request: web.Request) -> web.WebSocketResponse:
-    """``GET /api/sessions/{id}/events``: a WebSocket with one JSON message per event."""
+    """``GET /api/sessions/{id}/events``: a WebSocket with one JSON message per event.
+
+    The client may also send commands, ``{"call": "pause"}`` (``start`` takes
+    ``timeslice`` and ``mimeType`` too); each gets a ``{"type": "reply", "call", "state"}``
+    or ``{"type": "reply", "call", "error", "message"}`` in return.
+    """
     session = session_of(request)
     socket = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
     await socket.prepare(request)
     queue = session.subscribe()
+    sender = asyncio.ensure_future(_send_events(socket, queue))
     try:
         await socket.send_json({"type": "session", **session.to_json()})
-        reader = asyncio.ensure_future(_drain_incoming(socket))
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                getter.cancel()
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
                 break
-            message = getter.result()
-            if message is None:
-                reader.cancel()
-                break
-            await socket.send_json(message)
+            await socket.send_json(await _reply(session, message.data))
     finally:
+        sender.cancel()
         session.unsubscribe(queue)
         await socket.close()
     return socket
 
 
-async def _drain_incoming(socket: web.WebSocketResponse) -> None:
-    """Read (and ignore) what the client sends, until it closes."""
-    async for message in socket:
-        if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
-            break
+async def _send_events(
+    socket: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any] | None]
+) -> None:
+    while True:
+        message = await queue.get()
+        if message is None:
+            await socket.close()
+            return
+        await socket.send_json(message)
+
+
+async def _reply(session: Session, text: str) -> dict[str, Any]:
+    """Run a command sent on the WebSocket; the reply says what came of it."""
+    try:
+        command = json.loads(text)
+    except ValueError:
+        return {"type": "reply", "error": "SyntaxError", "message": "commands are JSON"}
+    if not isinstance(command, dict) or not isinstance(command.get("call"), str):
+        return {"type": "reply", "error": "TypeError", "message": 'expected {"call": "..."}'}
+    call = command["call"]
+    try:
+        await invoke(session, call, command)
+    except ApiError as exc:
+        return {"type": "reply", "call": call, "error": exc.name, "message": str(exc)}
+    except RecorderError as exc:
+        return {"type": "reply", "call": call, "error": exc.name, "message": str(exc)}
+    return {"type": "reply", "call": call, "state": session.state}
 
 
 # -- recordings ---------------------------------------------------------------------------
