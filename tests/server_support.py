@@ -103,7 +103,10 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def server_process(
-    recordings: Path, *args: str
+    recordings: Path,
+    *args: str,
+    preexec_fn: Any = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
     """``python -m rtc_recorder serve`` in a process of its own; yields it and its base URL."""
     port = free_port()
@@ -122,7 +125,8 @@ async def server_process(
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        preexec_fn=preexec_fn,
     )
     base = f"http://127.0.0.1:{port}"
     try:
