@@ -82,6 +82,7 @@ async def test_offer_records_through_the_api_with_events(tmp_path: Path) -> None
         assert started["mimeType"] == "video/webm;codecs=vp8,opus" and NAME.match(started["name"])
         chunk = await next_event(socket, "dataavailable")
         assert chunk["size"] > 0 and chunk["timecode"] == 0.0
+        assert chunk["seq"] > started["seq"]  # messages are numbered in order
         assert await error_of(await client.post(f"{base}/start")) == (409, "InvalidStateError")
         assert (await (await client.post(f"{base}/pause")).json())["state"] == "paused"
         await next_event(socket, "pause")
@@ -176,6 +177,8 @@ async def test_token_guards_the_api_but_not_the_page(tmp_path: Path) -> None:
         assert wrong.status == 401
         assert (await client.get("/")).status == 200
         assert (await client.get("/healthz")).status == 200
+        config = await client.get("/api/config")  # the page learns a token is needed
+        assert config.status == 200 and (await config.json())["tokenRequired"]
         publisher = await publish(client, token="s3cret")
         ok = await client.get("/api/sessions", headers=publisher.headers)
         assert ok.status == 200

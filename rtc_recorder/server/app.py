@@ -34,6 +34,7 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "86400",
 }
 PROTECTED = ("/api", "/offer", "/whip", "/recordings")
+OPEN = ("/api/config",)  # what the page needs to know before it has a token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -121,7 +122,7 @@ def auth(token: str | None) -> Any:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token is None or not request.path.startswith(PROTECTED):
+        if token is None or not request.path.startswith(PROTECTED) or request.path in OPEN:
             return await handler(request)
         given = request.headers.get("Authorization", "")
         candidate = given[7:] if given.startswith("Bearer ") else request.query.get("token", "")

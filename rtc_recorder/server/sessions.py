@@ -77,6 +77,7 @@ class Session:
         self._store = store
         self._on_closed = on_closed
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._sequence = 0  # numbers every message, so clients can order events and answers
         self._created_at = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -102,6 +103,7 @@ class Session:
             "recording": self.recording,
             "tracks": [track.kind for track in self.tracks],
             "created": self.created.isoformat(),
+            "seq": self._sequence,
         }
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
@@ -114,6 +116,9 @@ class Session:
         self._subscribers.discard(queue)
 
     def _broadcast(self, message: dict[str, Any] | None) -> None:
+        if message is not None:
+            self._sequence += 1
+            message["seq"] = self._sequence
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(message)
