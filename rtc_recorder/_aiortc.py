@@ -37,7 +37,9 @@ from aiortc.rtp import RtcpSrPacket, RtpPacket
 logger = logging.getLogger("rtc_recorder")
 
 TESTED_AIORTC = ("1.16.",)
-STALL_LIMIT = 0.3  # seconds a video frame may wait for a missing packet
+# Seconds a frame may wait in aiortc's jitter buffer for a missing packet, by kind: more
+# than reordering takes, less than the buffer takes to fill (16 audio packets: 320 ms).
+STALL_LIMITS = {"audio": 0.1, "video": 0.3}
 
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
@@ -130,6 +132,8 @@ class ReceiverTap:
         self.kind = track.kind
         self.ssrc: int | None = None
         self.sender_report: SenderReport | None = None
+        # (arrival, timestamp, clock rate) of the latest frame, listened to or not
+        self.last_frame: tuple[float, int, int] | None = None
         self.decoding = False
         self.frames_to_decoder = 0
         self._receiver = receiver
@@ -140,7 +144,10 @@ class ReceiverTap:
         self._arrivals: dict[int, float] = {}
         self._padding: set[int] = set()
         self._last_end: int | None = None
-        self._last_timestamp = 0
+        self._latest: tuple[int, int] | None = (
+            None  # (raw, unwrapped) RTP timestamp of the latest frame
+        )
+        self._audio = _ReorderWindow(STALL_LIMITS["audio"])
         self._ended = False
         self._keyframe_pending = False
         self._last_frame_at = time.monotonic()
@@ -164,12 +171,16 @@ class ReceiverTap:
                 if self._keyframe_pending:
                     self._keyframe_pending = False
                     self.request_keyframe()
+            if self.kind == "audio":
+                # An audio packet is a whole frame: the recording takes them straight from
+                # here, in order, and aiortc's buffer only feeds aiortc's decoder.
+                for held, arrival in self._audio.add(packet, time.monotonic()):
+                    self._deliver_packet(held, arrival)
+                return add(packet)
             self._arrivals.setdefault(packet.timestamp, time.monotonic())
-            if self.kind == "video":
-                self._observe(packet)
+            self._observe(packet)
             pli, frame = add(packet)
-            if self.kind == "video":
-                frame = frame or self._unstall(jitter_buffer)
+            frame = frame or self._unstall(jitter_buffer)
             if frame is not None:
                 self._last_frame_at = time.monotonic()
                 # The jitter buffer releases a frame only once later packets arrive: the
@@ -177,8 +188,7 @@ class ReceiverTap:
                 frame._rtc_recorder_arrival = self._arrivals.pop(frame.timestamp, None)
                 while len(self._arrivals) > 128:
                     del self._arrivals[next(iter(self._arrivals))]
-                if self.kind == "video":
-                    frame._rtc_recorder_complete, frame._rtc_recorder_gap = self._judge(frame)
+                frame._rtc_recorder_complete, frame._rtc_recorder_gap = self._judge(frame)
             return pli, frame
 
         jitter_buffer.add = observed_add
@@ -203,16 +213,16 @@ class ReceiverTap:
         self._track.recv = observed_recv  # type: ignore[method-assign]
 
     def _unstall(self, jitter_buffer: Any) -> Any:
-        """Give up on a packet the jitter buffer has been waiting for too long.
+        """Give up on a packet the video jitter buffer has been waiting for too long.
 
         aiortc's video jitter buffer holds everything behind a missing packet until 512
         packets have piled up: with retransmissions lost too, that freezes video for
-        seconds. When no frame has come out for :data:`STALL_LIMIT` while packets keep
+        seconds. When no frame has come out for :data:`STALL_LIMITS` while packets keep
         arriving, skip past the hole to the next packet held; the frame that comes out is
         judged incomplete or after a gap, and video resumes on a keyframe.
         """
         now = time.monotonic()
-        if now - self._last_frame_at < STALL_LIMIT:
+        if now - self._last_frame_at < STALL_LIMITS["video"]:
             return None
         capacity = jitter_buffer._capacity
         slots = jitter_buffer._packets
@@ -226,11 +236,32 @@ class ReceiverTap:
             (i for i in range(hole, capacity) if slots[(origin + i) % capacity] is not None), None
         )
         if held is None:
-            return None
+            return None  # nothing behind the hole: just waiting for the next packet
         self.stalls_skipped += 1
         self._last_frame_at = now
         jitter_buffer.remove(held)
         return jitter_buffer._remove_frame(jitter_buffer._origin)
+
+    def _deliver_packet(self, packet: RtpPacket, arrival: float) -> None:
+        """An audio packet, in order, to the listeners (as its own frame)."""
+        data = getattr(packet, "_data", b"")
+        codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
+        codec = codecs.get(packet.payload_type)
+        if not data or codec is None:
+            return
+        timestamp = self._unwrap(packet.timestamp)
+        self._notify(codec, data, timestamp, arrival, True, False)
+
+    def _unwrap(self, raw: int) -> int:
+        """An audio RTP timestamp on the track's unwrapped scale (0 at its first frame)."""
+        if self._latest is None:
+            return self._remember(raw, 0)
+        last_raw, last = self._latest
+        return self._remember(raw, last + _signed32(raw - last_raw))
+
+    def _remember(self, raw: int, unwrapped: int) -> int:
+        self._latest = (raw, unwrapped)
+        return unwrapped
 
     def _codec_of(self, packet: RtpPacket) -> str:
         codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
@@ -279,44 +310,56 @@ class ReceiverTap:
         return complete, gap
 
     def _on_sender_report(self, packet: RtcpSrPacket) -> None:
-        mapper = getattr(self._receiver, _TIMESTAMP_MAPPER)
-        if mapper._origin is None:
+        if self._latest is None:
             return
         info = packet.sender_info
-        raw_last = (self._last_timestamp + mapper._origin) % (1 << 32)
-        delta = (info.rtp_timestamp - raw_last) % (1 << 32)
-        if delta >= 1 << 31:
-            delta -= 1 << 32
+        last_raw, last = self._latest
         ntp = info.ntp_timestamp
         self.sender_report = SenderReport(
-            (ntp >> 32) + (ntp & 0xFFFFFFFF) / (1 << 32), self._last_timestamp + delta
+            (ntp >> 32) + (ntp & 0xFFFFFFFF) / (1 << 32),
+            last + _signed32(info.rtp_timestamp - last_raw),
         )
 
     # -- called by the receiver through _TapQueue ---------------------------------
 
     def _on_frame(self, item: tuple[Any, Any]) -> bool:
-        """Hand a frame to the listeners; return whether aiortc's decoder wants it too."""
+        """A frame on its way to aiortc's decoder (video: to the listeners first); return
+        whether the decoder wants it."""
         codec, frame = item
-        self._last_timestamp = frame.timestamp
-        if self._frame_listeners:
-            encoded = EncodedFrame(
-                codec=codec.mimeType.split("/")[1].lower(),
-                data=frame.data,
-                timestamp=frame.timestamp,
-                clock_rate=codec.clockRate,
-                arrival=getattr(frame, "_rtc_recorder_arrival", None) or time.monotonic(),
-                complete=getattr(frame, "_rtc_recorder_complete", True),
-                gap=getattr(frame, "_rtc_recorder_gap", False),
-            )
-            for listener in list(self._frame_listeners):
-                listener(encoded)
+        if self.kind == "video":
+            mapper = getattr(self._receiver, _TIMESTAMP_MAPPER)
+            self._remember((frame.timestamp + mapper._origin) % (1 << 32), frame.timestamp)
+            arrival = getattr(frame, "_rtc_recorder_arrival", None) or time.monotonic()
+            complete = getattr(frame, "_rtc_recorder_complete", True)
+            gap = getattr(frame, "_rtc_recorder_gap", False)
+            self._notify(codec, frame.data, frame.timestamp, arrival, complete, gap)
         if self.decoding:
             self.frames_to_decoder += 1
         return self.decoding
 
+    def _notify(
+        self, codec: Any, data: bytes, timestamp: int, arrival: float, complete: bool, gap: bool
+    ) -> None:
+        self.last_frame = (arrival, timestamp, codec.clockRate)
+        if not self._frame_listeners:
+            return
+        encoded = EncodedFrame(
+            codec=codec.mimeType.split("/")[1].lower(),
+            data=data,
+            timestamp=timestamp,
+            clock_rate=codec.clockRate,
+            arrival=arrival,
+            complete=complete,
+            gap=gap,
+        )
+        for listener in list(self._frame_listeners):
+            listener(encoded)
+
     def _on_end(self) -> None:
         if self._ended:
             return
+        for held, arrival in self._audio.flush():
+            self._deliver_packet(held, arrival)
         self._ended = True
         for listener in list(self._end_listeners):
             listener()
@@ -381,6 +424,51 @@ class ReceiverTap:
         self._pli_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.debug("PLI failed: %s", task.exception())
+
+
+def _signed32(delta: int) -> int:
+    """A 32-bit RTP timestamp difference, as the signed distance it stands for."""
+    delta %= 1 << 32
+    return delta - (1 << 32) if delta >= 1 << 31 else delta
+
+
+class _ReorderWindow:
+    """Puts packets back in sequence order, waiting at most ``wait`` seconds for a missing
+    one; packets that come later than that, and duplicates, are dropped."""
+
+    def __init__(self, wait: float, depth: int = 64) -> None:
+        self._wait = wait
+        self._depth = depth
+        self._held: dict[int, tuple[RtpPacket, float]] = {}
+        self._next: int | None = None
+
+    def add(self, packet: RtpPacket, arrival: float) -> list[tuple[RtpPacket, float]]:
+        """Take a packet; return the packets now due, in order."""
+        sequence = packet.sequence_number
+        if self._next is None:
+            self._next = sequence
+        if (sequence - self._next) % 65536 >= 32768 or sequence in self._held:
+            return []
+        self._held[sequence] = (packet, arrival)
+        return self._release(arrival)
+
+    def _release(self, now: float) -> list[tuple[RtpPacket, float]]:
+        due: list[tuple[RtpPacket, float]] = []
+        while self._held and self._next is not None:
+            if self._next in self._held:
+                due.append(self._held.pop(self._next))
+                self._next = (self._next + 1) % 65536
+                continue
+            oldest = min(arrival for _, arrival in self._held.values())
+            if now - oldest < self._wait and len(self._held) < self._depth:
+                break
+            start = self._next
+            self._next = min(self._held, key=lambda s: (s - start) % 65536)
+        return due
+
+    def flush(self) -> list[tuple[RtpPacket, float]]:
+        """Everything still held, in order."""
+        return self._release(float("inf"))
 
 
 def _earlier(a: int, b: int) -> int:

@@ -145,6 +145,7 @@ class EncodedInput(TrackInput):
     ) -> None:
         clock = TrackClock(group, leading=leading)
         super().__init__(index, track, timeline, writer, on_ended, clock)
+        self._leading = leading
         self._tap = tap
         self._keyframe_interval_us = keyframe_interval_us
         self._keyframe_interval_count = keyframe_interval_count
@@ -155,11 +156,24 @@ class EncodedInput(TrackInput):
         self._report: SenderReport | None = None
 
     def start(self) -> None:
+        self._seed_clock()
         self._tap.subscribe(self._on_frame, self._end)
         if self._tap.ended:
             self._end()
         else:
             self._request_keyframe()
+
+    def _seed_clock(self) -> None:
+        """A leading track that was already flowing places its sender's clock now, from the
+        last frame and report its receiver saw, so that the tracks following it are placed
+        right from their first frame (whichever track's frame comes first)."""
+        last, report = self._tap.last_frame, self._tap.sender_report
+        if not self._leading or last is None or report is None:
+            return
+        arrival, timestamp, rate = last
+        self._report = report
+        self._clock.sender_report(report.ntp_seconds, report.timestamp / rate)
+        self._clock.reference(timestamp / rate, arrival)
 
     def stop(self) -> None:
         self._tap.unsubscribe(self._on_frame, self._end)

@@ -221,7 +221,9 @@ async def test_loss_and_reordering_at_the_server_keep_the_recording_clean(tmp_pa
     assert not ffmpeg_errors(path)
     info = probe(path)
     assert duration(info) > 5.0
-    assert len(info["audio"].frames) > 200 and len(info["video"].frames) > 30
+    # only what was lost is missing (5% of the packets), and video keeps flowing
+    assert len(info["audio"].frames) >= 0.88 * 50 * duration(info)
+    assert len(info["video"].frames) > 30
     assert stats["tracks"][0]["keyframeRequests"] >= 1
 
 

@@ -331,3 +331,12 @@ def test_cli_rejects_bad_flags_with_a_message(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_recording_names_are_reserved_when_chosen(tmp_path: Path) -> None:
+    from rtc_recorder.server.recordings import RecordingStore
+
+    store = RecordingStore(tmp_path)
+    names = {store.new_name("abcdef012345", "video/webm") for _ in range(5)}
+    assert len(names) == 5  # same session, same second: still five files
+    assert all(NAME.match(name) for name in names)

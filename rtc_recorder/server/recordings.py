@@ -78,15 +78,27 @@ class RecordingStore:
         self._durations: dict[tuple[str, int, float], float | None] = {}
 
     def new_name(self, session: str, mime_type: str) -> str:
-        """A fresh name from the session id and the UTC time (never from client input)."""
+        """A fresh name from the session id and the UTC time (never from client input),
+        reserved at once by creating its sidecar: two recordings started within one second
+        get different names even before either file exists."""
         stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
         extension = extension_for(mime_type)
-        name = f"{session}-{stamp}{extension}"
-        counter = 2
-        while (self.folder / name).exists():
-            name = f"{session}-{stamp}-{counter}{extension}"
-            counter += 1
-        return name
+        counter = 1
+        while True:
+            suffix = "" if counter == 1 else f"-{counter}"
+            name = f"{session}-{stamp}{suffix}{extension}"
+            try:
+                descriptor = os.open(
+                    self.folder / f"{name}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                )
+            except FileExistsError:
+                counter += 1
+                continue
+            os.close(descriptor)
+            if (self.folder / name).exists():
+                counter += 1
+                continue
+            return name
 
     def path(self, name: str) -> Path:
         """The file of recording ``name``; :class:`UnknownRecording` for anything that is not
@@ -115,7 +127,7 @@ class RecordingStore:
 
     def _read_meta(self, path: Path) -> dict[str, object] | None:
         try:
-            loaded = json.loads((path.parent / f"{path.name}.json").read_text())
+            loaded = json.loads((path.parent / f"{path.name}.json").read_text() or "{}")
         except (OSError, ValueError):
             return None
         return loaded if isinstance(loaded, dict) else None

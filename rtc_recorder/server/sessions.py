@@ -317,13 +317,14 @@ class SessionManager:
             self._closed,
         )
         try:
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-            except Exception as exc:  # aiortc raises many kinds on bad input
-                raise BadOffer(f"cannot use this offer: {exc}") from exc
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             _prefer_codec(pc, recording_type.video or recording_type.container.default_video)
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            # aiortc raises many kinds of errors on offers it cannot take, in any of these
+            # steps (a media section without a direction makes createAnswer fail, say).
+            await pc.close()
+            raise BadOffer(f"cannot answer this offer: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             await pc.close()
             raise
