@@ -5,7 +5,7 @@ encoded here), so both produce the same kind of track.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .bitstream import av1, h264, opus, vp8
 from .containers.base import TrackFormat
@@ -31,18 +31,20 @@ def is_keyframe(codec: str, data: bytes) -> bool:
 class StreamDescriber:
     """Turns one stream's encoded frames into container samples, and learns the track's
     :class:`TrackFormat` from them (VP8 and H.264 from their keyframes, Opus from its first
-    packet), keeping H.264 parameter sets that arrived before the keyframe."""
+    packet), keeping H.264 parameter sets that arrived before the keyframe.
 
-    kind: str
-    codec: str
-    width: int = 0
-    height: int = 0
-    sample_rate: int = 0
-    channels: int = 0
-    extradata: bytes = b""
+    ``hints`` is what an encoder already told (its size, rate, channels, and extradata in
+    ``config``); frames that describe themselves need none.
+    """
+
+    hints: TrackFormat
     format: TrackFormat | None = None
     _sps: list[bytes] = field(default_factory=list)
     _pps: list[bytes] = field(default_factory=list)
+
+    @property
+    def codec(self) -> str:
+        return self.hints.codec
 
     def convert(self, data: bytes, keyframe: bool | None = None) -> tuple[bytes, bool, int]:
         """(container sample data, keyframe, duration in µs or 0) for one encoded frame;
@@ -77,15 +79,15 @@ class StreamDescriber:
             if keyframe is None:
                 keyframe = any(kind == av1.OBU_SEQUENCE_HEADER for kind, _ in av1.iter_obus(sample))
             if self.format is None and keyframe:
-                config = av1.configuration(self.extradata or sample)
-                self.format = TrackFormat("video", "av1", self.width, self.height, config=config)
+                config = av1.configuration(self.hints.config or sample)
+                self.format = replace(self.hints, config=config)
             return sample, keyframe, 0
         if self.codec == "opus":
             duration = opus.packet_samples(data) * 1_000_000 // opus.SAMPLE_RATE
             if self.format is None:
                 head = (
-                    opus.OpusHead.parse(self.extradata)
-                    if self.extradata
+                    opus.OpusHead.parse(self.hints.config)
+                    if self.hints.config
                     else opus.OpusHead(2 if opus.is_stereo(data) else 1)
                 )
                 self.format = TrackFormat(
@@ -97,13 +99,5 @@ class StreamDescriber:
                 )
             return data, True, duration
         if self.format is None:
-            self.format = TrackFormat(
-                self.kind,
-                self.codec,
-                self.width,
-                self.height,
-                self.sample_rate,
-                self.channels,
-                self.extradata,
-            )
-        return data, keyframe if keyframe is not None else self.kind == "audio", 0
+            self.format = self.hints
+        return data, keyframe if keyframe is not None else self.hints.kind == "audio", 0

@@ -10,7 +10,7 @@ import fractions
 import logging
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import av
@@ -102,7 +102,7 @@ class TrackProcessor(ABC):
         self.kind = kind
         self.codec = codec
         self.counters = TrackCounters()
-        self.describer = StreamDescriber(kind, codec)
+        self.describer = StreamDescriber(TrackFormat(kind, codec))
 
     @property
     def format(self) -> TrackFormat | None:
@@ -284,7 +284,7 @@ class TranscodeTrack(TrackProcessor):
         encoder.max_b_frames = 0
         encoder.options = dict(options)
         encoder.open()
-        self.describer.width, self.describer.height = width, height
+        self.describer.hints = replace(self.describer.hints, width=width, height=height)
         return encoder
 
     def _encode_audio(self, frame: AudioFrame, time: int) -> list[Sample]:
@@ -309,7 +309,7 @@ class TranscodeTrack(TrackProcessor):
             return self._packets(self._encoder.encode(frame))
         # PCM: the samples are the data.
         self.counters.frames_encoded += 1
-        data = bytes(frame.planes[0])[: frame.samples * 2 * self.describer.channels]
+        data = bytes(frame.planes[0])[: frame.samples * 2 * self.describer.hints.channels]
         sample = self._sample(data, frame.pts * MICROSECOND // AUDIO_RATE, True)
         if sample is None:
             return []
@@ -319,7 +319,8 @@ class TranscodeTrack(TrackProcessor):
     def _open_audio(self, frame: AudioFrame) -> None:
         channels = min(2, len(frame.layout.channels))
         layout = "stereo" if channels == 2 else "mono"
-        self.describer.sample_rate, self.describer.channels = AUDIO_RATE, channels
+        hints = replace(self.describer.hints, sample_rate=AUDIO_RATE, channels=channels)
+        self.describer.hints = hints
         if self.codec == "pcm":
             self._resampler = AudioResampler(format="s16", layout=layout, rate=AUDIO_RATE)
             return
@@ -342,7 +343,7 @@ class TranscodeTrack(TrackProcessor):
             rate=AUDIO_RATE,
             frame_size=encoder.frame_size,
         )
-        self.describer.extradata = bytes(encoder.extradata or b"")
+        self.describer.hints = replace(hints, config=bytes(encoder.extradata or b""))
 
     def _packets(self, packets: list[Any]) -> list[Sample]:
         samples = []

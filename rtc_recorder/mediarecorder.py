@@ -266,6 +266,7 @@ class MediaRecorder(EventEmitter):
                     **{_camel(k): v for k, v in asdict(track_input.counters).items()},
                     **{_camel(k): v for k, v in asdict(processor.counters).items()},
                     "framesWritten": writer.samples.get(index, 0),
+                    "framesDroppedOverlapping": writer.overlapping.get(index, 0),
                     "bytesWritten": writer.bytes.get(index, 0),
                     "droppedFromRecording": index in writer.dropped_tracks,
                 }

@@ -68,6 +68,7 @@ class WriterStats:
 
     samples: dict[int, int] = field(default_factory=dict)
     bytes: dict[int, int] = field(default_factory=dict)
+    overlapping: dict[int, int] = field(default_factory=dict)  # audio dropped, see _keep_in_order
     chunks: int = 0
     duration_us: int = 0
     base_us: int = 0  # output time (before zero-basing) of the file's time 0
@@ -269,17 +270,16 @@ class RecordingWriter:
         audio that would overlap what is written is dropped (this happens once, when a
         track's clock is corrected by a sender report)."""
         last = self._last.get(sample.track)
-        if sample.time < 0:
-            if self._processors[sample.track].kind == "audio":
-                return False
+        audio = self._processors[sample.track].kind == "audio"
+        if sample.time < 0 and not audio:
             sample.time = 0
-        if last is not None:
-            last_time, last_duration = last
-            if self._processors[sample.track].kind == "audio":
-                if sample.time < last_time + last_duration - 1000:
-                    return False
-            elif sample.time < last_time + MIN_VIDEO_SPACING_US:
-                sample.time = last_time + MIN_VIDEO_SPACING_US
+        if audio and (
+            sample.time < 0 or (last is not None and sample.time < last[0] + last[1] - 1000)
+        ):
+            self.stats.overlapping[sample.track] = self.stats.overlapping.get(sample.track, 0) + 1
+            return False
+        if not audio and last is not None and sample.time < last[0] + MIN_VIDEO_SPACING_US:
+            sample.time = last[0] + MIN_VIDEO_SPACING_US
         self._last[sample.track] = (sample.time, sample.duration)
         return True
 
