@@ -5,6 +5,7 @@ measurement."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,15 @@ def _empty_stream(decode: bool) -> dict[str, Any]:
     }
 
 
-def inspect(path: Path, decode: bool = True) -> dict[str, Any]:
+def inspect(
+    path: Path,
+    decode: bool = True,
+    on_packet: Callable[[str, av.Packet[Any]], None] | None = None,
+) -> dict[str, Any]:
     """Packets (and, with ``decode``, frames decoded without error) of the first video and
     first audio stream of ``path``, their span in seconds, and any error met. ``decoded``
-    is None without ``decode``."""
+    is None without ``decode``. ``on_packet(kind, packet)``, if given, sees every counted
+    packet (non-empty, with a pts) in file order."""
     result: dict[str, Any] = {
         "file": str(path),
         "bytes": path.stat().st_size if path.exists() else 0,
@@ -53,6 +59,8 @@ def inspect(path: Path, decode: bool = True) -> dict[str, Any]:
                 if packet.size and packet.pts is not None:
                     info["packets"] += 1
                     info["keyframes"] += int(packet.is_keyframe)
+                    if on_packet is not None:
+                        on_packet(kind, packet)
                     start = float(packet.pts * packet.time_base)
                     length = float((packet.duration or 0) * packet.time_base)
                     span = spans[kind]

@@ -51,14 +51,18 @@ class Gate:
 
 
 class SessionClock:
-    """The real-time origin of one session's tracks: its first packet, audio or video."""
+    """The real-time origin of one session's tracks: its first packet, audio or video
+    (:attr:`origin` on the monotonic clock, :attr:`wallclock` the same instant in
+    ``time.time()``, comparable with other processes' wall-clock timestamps)."""
 
     def __init__(self) -> None:
         self.origin: float | None = None
+        self.wallclock: float | None = None
 
     def start(self) -> float:
         if self.origin is None:
             self.origin = time.monotonic()
+            self.wallclock = time.time()
         return self.origin
 
 
@@ -116,12 +120,18 @@ class Session:
     video: PacketTrack
     audio: PacketTrack
     clock: SessionClock
+    server_session: str | None = None  # the ``session`` of the answer, if it has one
+    connected_at: float | None = None  # wall clock, when the connection state became connected
 
     def counts(self) -> dict[str, Any]:
+        """What was sent (video frames, audio packets) and when the session started."""
         return {
             "video": self.video.sent,
             "audio": self.audio.sent,
             "firstPacketAt": self.clock.origin,
+            "firstPacketWallclock": self.clock.wallclock,
+            "connectedWallclock": self.connected_at,
+            "serverSession": self.server_session,
         }
 
 
@@ -160,12 +170,15 @@ async def _open_session(
         clock,
         gate,
     )
-    sessions.append(Session(number, pc, video, audio, clock))  # closed even if this fails
+    session = Session(number, pc, video, audio, clock)
+    sessions.append(session)  # closed even if this fails
     connected = asyncio.Event()
 
     @pc.on("connectionstatechange")
     def on_state() -> None:
         if pc.connectionState == "connected":
+            if session.connected_at is None:
+                session.connected_at = time.time()
             connected.set()
 
     pc.addTrack(video)
@@ -177,6 +190,7 @@ async def _open_session(
         if response.status != 200:
             raise RuntimeError(f"session {number}: /offer answered {response.status}")
         answer = await response.json()
+    session.server_session = answer.get("session")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
     await connected.wait()
 
