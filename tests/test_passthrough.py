@@ -456,3 +456,57 @@ async def test_blackhole_consumer_does_not_disturb_recording(peers: Peers, tmp_p
     await blackhole.stop()
     assert recorder.getStats()["tracks"][0]["path"] == "passthrough"
     assert not ffmpeg_errors(tmp_path / "a.weba")
+
+
+def test_a_sender_switching_codecs_mid_recording_keeps_the_track_going(tmp_path: Path) -> None:
+    # aiortc cannot renegotiate a receiver's codec, so drive the writer directly with what a
+    # receiver would hand over: VP8 frames, then (the sender switched) H.264 frames.
+    import fractions
+    import threading
+
+    import av
+
+    from rtc_recorder._aiortc import EncodedFrame
+    from rtc_recorder.encoding import EncoderSettings, MediaItem, PassthroughTrack
+    from rtc_recorder.mimetype import parse_type
+    from rtc_recorder.sink import Sink
+    from rtc_recorder.writer import Chunk, RecordingWriter
+
+    def encoded(codec: str, count: int, start: int) -> list[EncodedFrame]:
+        encoder = av.CodecContext.create("libvpx" if codec == "vp8" else "libx264", "w")
+        encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+        encoder.time_base = fractions.Fraction(1, 90000)
+        encoder.framerate = fractions.Fraction(30)
+        encoder.options = {"tune": "zerolatency"} if codec == "h264" else {"deadline": "realtime"}
+        frames = []
+        for index in range(count):
+            picture = av.VideoFrame(320, 240, "yuv420p")
+            for plane in picture.planes:
+                plane.update(bytes([(index * 7) % 256]) * plane.buffer_size)
+            picture.pts = index * 3000
+            for packet in encoder.encode(picture):
+                timestamp = (start + index) * 3000
+                frames.append(EncodedFrame(codec, bytes(packet), timestamp, 90000, 0.0))
+        return frames
+
+    done = threading.Event()
+    events: list[object] = []
+
+    def notify(event: object) -> None:
+        events.append(event)
+        if isinstance(event, Chunk) and event.final:
+            done.set()
+
+    processor = PassthroughTrack(0, "video", "vp8", EncoderSettings())
+    path = tmp_path / "switch.webm"
+    writer = RecordingWriter(parse_type("video/webm;codecs=vp8"), [processor], Sink(path), notify)
+    writer.start()
+    frames = encoded("vp8", 45, 0) + encoded("h264", 45, 45)
+    for index, frame in enumerate(frames):
+        assert writer.submit(MediaItem(0, round(frame.timestamp / 0.09), frame, index == 0))
+    writer.close()
+    assert done.wait(30)
+    assert processor.path == "transcode" and processor.counters.frames_decoded > 30
+    assert not ffmpeg_errors(path)
+    info = probe(path)
+    assert info["video"].codec == "vp8" and len(info["video"].frames) >= 85

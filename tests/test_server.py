@@ -340,3 +340,104 @@ def test_recording_names_are_reserved_when_chosen(tmp_path: Path) -> None:
     names = {store.new_name("abcdef012345", "video/webm") for _ in range(5)}
     assert len(names) == 5  # same session, same second: still five files
     assert all(NAME.match(name) for name in names)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, made with the cryptography package aiortc uses."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_serves_the_page_and_the_api(tmp_path: Path) -> None:
+    import ssl
+
+    from .server_support import free_port
+
+    cert, key = self_signed_certificate(tmp_path)
+    port = free_port()
+    process = __import__("subprocess").Popen(
+        [
+            __import__("sys").executable,
+            "-m",
+            "rtc_recorder",
+            "serve",
+            "--port",
+            str(port),
+            "--recordings",
+            str(tmp_path / "r"),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        async with aiohttp.ClientSession(f"https://127.0.0.1:{port}") as http:
+            for _ in range(200):
+                try:
+                    async with http.get("/healthz", ssl=context) as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectorError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the HTTPS server did not come up")
+            async with http.get("/", ssl=context) as page:
+                assert page.status == 200
+            publisher = await publish_over(http, context)
+            assert publisher
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+async def publish_over(http: aiohttp.ClientSession, context: Any) -> str:
+    from aiortc import RTCSessionDescription
+
+    from .server_support import publisher_pc
+
+    pc = publisher_pc()
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    async with http.post("/offer", json=body, ssl=context) as response:
+        answer = await response.json()
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    await wait_for(lambda: pc.connectionState == "connected", 10, "connection over HTTPS")
+    await pc.close()
+    return str(answer["session"])
