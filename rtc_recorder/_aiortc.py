@@ -141,6 +141,7 @@ class ReceiverTap:
         self._frame_listeners: list[FrameListener] = []
         self._end_listeners: list[EndListener] = []
         self._parts: dict[int, _FrameParts] = {}
+        self._codec_names: dict[int, str] = {}  # payload type -> codec name
         self._arrivals: dict[int, float] = {}
         self._padding: set[int] = set()
         self._last_end: int | None = None
@@ -264,9 +265,13 @@ class ReceiverTap:
         return unwrapped
 
     def _codec_of(self, packet: RtpPacket) -> str:
-        codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
-        codec = codecs.get(packet.payload_type)
-        return codec.mimeType.split("/")[1].lower() if codec is not None else ""
+        name = self._codec_names.get(packet.payload_type)
+        if name is None:
+            codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
+            codec = codecs.get(packet.payload_type)
+            name = codec.mimeType.split("/")[1].lower() if codec is not None else ""
+            self._codec_names[packet.payload_type] = name
+        return name
 
     def _observe(self, packet: RtpPacket) -> None:
         """Note which packets make up each frame (keyed by RTP timestamp)."""

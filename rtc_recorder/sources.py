@@ -34,6 +34,7 @@ logger = logging.getLogger("rtc_recorder")
 
 KEYFRAME_RETRY = 1.0  # seconds before asking again for a keyframe that has not come
 LOSS_PLI_INTERVAL = 0.25  # at most one keyframe request per this many seconds for losses
+CONTAINER_TICK_US = 1000  # the coarsest container tick (Matroska's millisecond)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrackInput(ABC):
         self._restart = True
         self._interval = FrameInterval()
         self._last_out: int | None = None
+        self._floor = 0  # µs: video resumed after a pause starts after the cut
 
     @property
     def synchronised(self) -> bool:
@@ -88,8 +90,13 @@ class TrackInput(ABC):
         """Take no more media."""
 
     def resume(self) -> None:
-        """Recording goes on after a pause: video must start again on a keyframe."""
+        """Recording goes on after a pause: video must start again on a keyframe, after the
+        cut (a pause removes whole frame intervals, rounded, so resumed video could land
+        among the frames still arriving from before the pause)."""
         self._restart = True
+        cuts = self._timeline.cuts()
+        if cuts:
+            self._floor = round(cuts[-1] * MICROSECOND) + CONTAINER_TICK_US
 
     def _end(self, error: BaseException | None = None) -> None:
         if not self.ended:
@@ -110,7 +117,9 @@ class TrackInput(ABC):
             self.counters.frames_dropped_paused += 1
             return None
         micros = round(out * MICROSECOND)
-        if self.kind == "video" and self._last_out is not None and micros <= self._last_out:
+        if self.kind == "video" and (
+            micros < self._floor or (self._last_out is not None and micros <= self._last_out)
+        ):
             self.counters.frames_dropped_late += 1
             return None
         return micros

