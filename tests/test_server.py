@@ -291,6 +291,9 @@ async def test_sigterm_finalizes_every_recording(tmp_path: Path) -> None:
             await asyncio.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
+        assert process.stderr is not None
+        log = process.stderr.read()
+        assert "INFO stopping sessions=3" in log and "INFO stopped sessions=3" in log, log
         for publisher in publishers:
             await publisher.close()
     files = sorted(tmp_path.glob("*.webm"))

@@ -341,10 +341,13 @@ class SessionManager:
 
     async def close_all(self) -> None:
         """Close every session (their recordings are finalized first)."""
+        sessions = list(self.sessions.values())
+        log("stopping", sessions=len(sessions))
+        began = time.monotonic()
         await asyncio.gather(
-            *(session.close("server stopping") for session in list(self.sessions.values())),
-            return_exceptions=True,
+            *(session.close("server stopping") for session in sessions), return_exceptions=True
         )
+        log("stopped", sessions=len(sessions), seconds=round(time.monotonic() - began, 3))
 
     def live_durations(self) -> dict[str, float]:
         durations: dict[str, float] = {}
