@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -108,8 +109,13 @@ async def server_process(
     preexec_fn: Any = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m rtc_recorder serve`` in a process of its own; yields it and its base URL."""
+    """``python -m rtc_recorder serve`` in a process of its own; yields it and its base URL.
+    Its log goes to a file (a pipe nobody drains could fill and stall the server): read it
+    with :func:`server_log`."""
     port = free_port()
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
+        "w+", prefix="rtc-recorder-server-", suffix=".log"
+    )
     process = subprocess.Popen(
         [
             sys.executable,
@@ -123,11 +129,12 @@ async def server_process(
             *args,
         ],
         cwd=ROOT,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         preexec_fn=preexec_fn,
     )
+    _logs[process.pid] = Path(log.name)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -138,13 +145,23 @@ async def server_process(
                             break
                 except aiohttp.ClientConnectionError:
                     pass
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert process.poll() is None, server_log(process)
                 await asyncio.sleep(0.05)
         yield process, base
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(10)
+        del _logs[process.pid]
+        log.close()
+
+
+_logs: dict[int, Path] = {}
+
+
+def server_log(process: subprocess.Popen[str]) -> str:
+    """What a server started by :func:`server_process` has logged so far."""
+    return _logs[process.pid].read_text()
 
 
 async def next_event(

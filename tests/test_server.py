@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from .media import duration, ffmpeg_errors, probe, wait_for
-from .server_support import next_event, publish, running_app, server_process
+from .server_support import next_event, publish, running_app, server_log, server_process
 
 NAME = re.compile(r"^[0-9a-f]{12}-\d{8}T\d{6}Z(-\d+)?\.webm$")
 
@@ -291,8 +291,7 @@ async def test_sigterm_finalizes_every_recording(tmp_path: Path) -> None:
             await asyncio.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
-        assert process.stderr is not None
-        log = process.stderr.read()
+        log = server_log(process)
         assert "INFO stopping sessions=3" in log and "INFO stopped sessions=3" in log, log
         for publisher in publishers:
             await publisher.close()
