@@ -37,6 +37,7 @@ from tests.media import (  # noqa: E402
     encode_sync_source,
     ffmpeg_errors,
 )
+from tests.server_support import server_process  # noqa: E402
 
 
 def sender_main(base: str, ready: Path) -> None:
@@ -109,39 +110,17 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     recordings.mkdir(exist_ok=True)
     for old in recordings.iterdir():
         old.unlink()
-    port = args.port
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rtc_recorder",
-            "serve",
-            "--port",
-            str(port),
-            "--recordings",
-            str(recordings),
-            "--timeslice",
-            "1000",
-            "--idle-timeout",
-            "60",
-        ],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
     ready = out / "long-run-session"
     ready.unlink(missing_ok=True)
     sender = None
-    base = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession(base) as http:
-            for _ in range(300):
-                try:
-                    async with http.get("/healthz"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
+        async with (
+            server_process(
+                recordings, "--timeslice", "1000", "--idle-timeout", "60", port=args.port
+            ) as (server, base),
+            aiohttp.ClientSession(base) as http,
+        ):
             sender = subprocess.Popen(
                 [sys.executable, __file__, "--sender", base, "--ready", str(ready)],
                 cwd=ROOT,
@@ -185,12 +164,12 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             sampler.cancel()
             while json.loads((recordings / f"{name}.json").read_text()).get("state") != "complete":
                 await asyncio.sleep(0.2)
+            server.terminate()
+            server.wait(30)
     finally:
         if sender is not None:
             sender.kill()
             sender.wait(10)
-        server.terminate()
-        server.wait(30)
     path = recordings / name
     with av.open(str(path)) as container:
         file_duration = float(container.duration or 0) / av.time_base

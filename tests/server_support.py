@@ -7,9 +7,11 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -104,49 +106,37 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def server_process(
-    recordings: Path,
+    recordings: Path | None,
     *args: str,
     preexec_fn: Any = None,
     env: dict[str, str] | None = None,
+    port: int | None = None,
+    cwd: Path = ROOT,
+    pythonpath: Path = ROOT,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m rtc_recorder serve`` in a process of its own; yields it and its base URL.
-    Its log goes to a file (a pipe nobody drains could fill and stall the server): read it
-    with :func:`server_log`."""
-    port = free_port()
+    """``python -m rtc_recorder serve`` in a process of its own (from ``pythonpath``, run in
+    ``cwd``); yields it and its base URL once it answers ``/healthz`` (over HTTPS with
+    ``ssl_context``). Without ``recordings`` the server keeps its default folder. Its log
+    goes to a file (a pipe nobody drains could fill and stall the server): read it with
+    :func:`server_log`."""
+    port = port or free_port()
+    folder = ["--recordings", str(recordings)] if recordings is not None else []
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
         "w+", prefix="rtc-recorder-server-", suffix=".log"
     )
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rtc_recorder",
-            "serve",
-            "--port",
-            str(port),
-            "--recordings",
-            str(recordings),
-            *args,
-        ],
-        cwd=ROOT,
+        [sys.executable, "-m", "rtc_recorder", "serve", "--port", str(port), *folder, *args],
+        cwd=cwd,
         stderr=log,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(pythonpath), **(env or {})},
         preexec_fn=preexec_fn,
     )
     _logs[process.pid] = Path(log.name)
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"{base}/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                assert process.poll() is None, server_log(process)
-                await asyncio.sleep(0.05)
+        await _until_serving(process, base, ssl_context)
         yield process, base
     finally:
         if process.poll() is None:
@@ -154,6 +144,23 @@ async def server_process(
         process.wait(10)
         del _logs[process.pid]
         log.close()
+
+
+async def _until_serving(
+    process: subprocess.Popen[str], base: str, ssl_context: ssl.SSLContext | None
+) -> None:
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(base) as http:
+        while True:
+            assert process.poll() is None, server_log(process)
+            try:
+                async with http.get("/healthz", ssl=ssl_context or True) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"the server did not come up\n{server_log(process)}"
+            await asyncio.sleep(0.05)
 
 
 _logs: dict[int, Path] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .server_support import ROOT, free_port
+from .server_support import ROOT, server_process
 
 
 async def test_the_wheel_ships_the_page_and_serves_it(tmp_path: Path) -> None:
@@ -34,43 +34,25 @@ async def test_the_wheel_ships_the_page_and_serves_it(tmp_path: Path) -> None:
     # Run from the unpacked wheel, far from the checkout, so its static/ cannot be found.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(installed)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rtc_recorder", "serve", "--port", str(port)],
-        cwd=elsewhere,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession(base) as http:
-            for _ in range(200):
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                try:
-                    async with http.get("/healthz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-            async with http.get("/") as response:
-                assert response.status == 200
-                assert "<button" in await response.text()
-            async with http.get("/static/app.js") as response:
-                assert response.status == 200
-                assert len(await response.read()) > 1000
+    async with (
+        server_process(None, cwd=elsewhere, pythonpath=installed) as (process, base),
+        aiohttp.ClientSession(base) as http,
+    ):
+        async with http.get("/") as response:
+            assert response.status == 200
+            assert "<button" in await response.text()
+        async with http.get("/static/app.js") as response:
+            assert response.status == 200
+            assert len(await response.read()) > 1000
         module = subprocess.run(
             [sys.executable, "-c", "import rtc_recorder; print(rtc_recorder.__file__)"],
             cwd=elsewhere,
-            env=env,
+            env={**os.environ, "PYTHONPATH": str(installed)},
             capture_output=True,
             text=True,
             check=True,
         ).stdout
         assert Path(module).is_relative_to(installed), module
-    finally:
         process.terminate()
-        process.wait(30)
-    assert process.returncode == 0
+        assert await asyncio.to_thread(process.wait, 30) == 0
     assert (elsewhere / "recordings").is_dir()  # the default folder, relative to where it runs

@@ -387,46 +387,19 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 async def test_https_serves_the_page_and_the_api(tmp_path: Path) -> None:
     import ssl
 
-    from .server_support import free_port
-
     cert, key = self_signed_certificate(tmp_path)
-    port = free_port()
-    process = __import__("subprocess").Popen(
-        [
-            __import__("sys").executable,
-            "-m",
-            "rtc_recorder",
-            "serve",
-            "--port",
-            str(port),
-            "--recordings",
-            str(tmp_path / "r"),
-            "--cert",
-            str(cert),
-            "--key",
-            str(key),
-        ],
-        cwd=Path(__file__).resolve().parent.parent,
-    )
     context = ssl.create_default_context(cafile=str(cert))
-    try:
-        async with aiohttp.ClientSession(f"https://127.0.0.1:{port}") as http:
-            for _ in range(200):
-                try:
-                    async with http.get("/healthz", ssl=context) as response:
-                        assert response.status == 200
-                        break
-                except aiohttp.ClientConnectorError:
-                    await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the HTTPS server did not come up")
-            async with http.get("/", ssl=context) as page:
-                assert page.status == 200
-            publisher = await publish_over(http, context)
-            assert publisher
-    finally:
-        process.terminate()
-        process.wait(15)
+    async with (
+        server_process(
+            tmp_path / "r", "--cert", str(cert), "--key", str(key), ssl_context=context
+        ) as (_, base),
+        aiohttp.ClientSession(base) as http,
+    ):
+        assert base.startswith("https://")
+        async with http.get("/", ssl=context) as page:
+            assert page.status == 200
+        publisher = await publish_over(http, context)
+        assert publisher
 
 
 async def publish_over(http: aiohttp.ClientSession, context: Any) -> str:
