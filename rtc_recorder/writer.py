@@ -32,6 +32,7 @@ HEADER_DEADLINE = 3.0  # seconds of waiting for a silent track before writing wi
 BACKLOG_LIMIT = 64 * 1024 * 1024  # bytes queued for the thread before frames are refused
 VIDEO_FRAME_US = 33_333  # assumed length of a last video frame
 MIN_VIDEO_SPACING_US = 1000  # Matroska's tick: two frames in one tick would share a timestamp
+HALF_FRAME_GUARD_US = 2000  # a first audio packet this close to half a frame off the grid goes
 
 
 @dataclass(frozen=True)
@@ -230,18 +231,33 @@ class RecordingWriter:
 
     def _time_zero(self, samples: list[Sample]) -> int:
         """Where the file's time 0 goes: at the earliest sample, moved back (by less than a
-        frame) so that video frames fall on the grid of their frame interval."""
-        if not samples:
-            return 0
-        earliest = samples[0].time
+        frame) so that video frames fall on the grid of their frame interval.
+
+        Players and FFmpeg count video frames from the file's first packet; when that is
+        audio half a frame interval off the video's grid, FFmpeg rounds neighbouring frames
+        onto one tick. Such a first audio packet is dropped (counted with the overlapping
+        audio): the next one, 20 ms later, is well off the half-way point. ``samples`` is
+        sorted by time and loses what is dropped."""
         video = [s.time for s in samples if self._processors[s.track].kind == "video"]
         if not video:
-            return earliest
+            return samples[0].time if samples else 0
         # Until a track has shown its frame rate (a stream that begins with this keyframe),
         # assume the usual 30 frames a second; slower rates of 30/n share its grid.
         step = round((self._quantum() or VIDEO_FRAME_US / 1_000_000) * 1_000_000)
         first = min(video)
-        return first - -(-(first - earliest) // step) * step
+        while True:
+            earliest = samples[0]
+            zero = first - -(-(first - earliest.time) // step) * step
+            if (
+                self._processors[earliest.track].kind == "video"
+                or abs(earliest.time - zero - step / 2) > HALF_FRAME_GUARD_US
+            ):
+                return zero
+            samples.pop(0)
+            self._count_dropped_audio(earliest.track)
+
+    def _count_dropped_audio(self, track: int) -> None:
+        self.stats.overlapping[track] = self.stats.overlapping.get(track, 0) + 1
 
     def _write(self, sample: Sample) -> None:
         assert self._container is not None
@@ -276,7 +292,7 @@ class RecordingWriter:
         if audio and (
             sample.time < 0 or (last is not None and sample.time < last[0] + last[1] - 1000)
         ):
-            self.stats.overlapping[sample.track] = self.stats.overlapping.get(sample.track, 0) + 1
+            self._count_dropped_audio(sample.track)
             return False
         if not audio and last is not None and sample.time < last[0] + MIN_VIDEO_SPACING_US:
             sample.time = last[0] + MIN_VIDEO_SPACING_US
