@@ -19,9 +19,9 @@ from av.audio.resampler import AudioResampler
 from av.codec.context import CodecContext
 from av.video.frame import PictureType, VideoFrame
 
-from ._aiortc import EncodedFrame
 from .codecs import StreamDescriber
 from .containers.base import Sample, TrackFormat
+from .receive.hooks import EncodedFrame
 
 logger = logging.getLogger("rtc_recorder")
 

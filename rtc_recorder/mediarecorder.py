@@ -23,7 +23,6 @@ from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
-from . import _aiortc
 from .codecs import RECEIVED_AUDIO, RECEIVED_VIDEO
 from .encoding import EncoderSettings, PassthroughTrack, TrackProcessor, TranscodeTrack
 from .errors import (
@@ -36,6 +35,7 @@ from .errors import (
 from .events import BlobEvent, ErrorEvent, Event, EventEmitter, Handler
 from .mediastream import MediaStream
 from .mimetype import is_type_supported, resolve_type
+from .receive import hooks as _aiortc
 from .sink import Sink, Target
 from .sources import DecodedInput, EncodedInput, TrackInput
 from .timeline import SyncGroup, Timeline

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from ._aiortc import EncodedFrame, ReceiverTap, SenderReport
 from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
+from .receive.hooks import EncodedFrame, ReceiverTap, SenderReport
 from .timeline import FrameInterval, SyncGroup, Timeline, TrackClock
 from .writer import RecordingWriter
 

@@ -17,7 +17,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 
-import rtc_recorder._aiortc as tap_module
+import rtc_recorder.receive.hooks as tap_module
 from rtc_recorder import MediaRecorder
 
 from .media import (
@@ -472,9 +472,9 @@ def test_a_sender_switching_codecs_mid_recording_keeps_the_track_going(tmp_path:
 
     import av
 
-    from rtc_recorder._aiortc import EncodedFrame
     from rtc_recorder.encoding import EncoderSettings, MediaItem, PassthroughTrack
     from rtc_recorder.mimetype import parse_type
+    from rtc_recorder.receive.hooks import EncodedFrame
     from rtc_recorder.sink import Sink
     from rtc_recorder.writer import Chunk, RecordingWriter
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rtc_recorder._aiortc import EncodedFrame
 from rtc_recorder.encoding import EncoderSettings, MediaItem, PassthroughTrack
 from rtc_recorder.mimetype import resolve_type
+from rtc_recorder.receive.hooks import EncodedFrame
 from rtc_recorder.sink import Sink
 from rtc_recorder.writer import Chunk, Failure, RecordingWriter
 
