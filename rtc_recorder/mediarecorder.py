@@ -14,6 +14,7 @@ is fine. Events of one recording come in the specification's order (``start`` fi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -38,7 +39,7 @@ from .mimetype import is_type_supported, resolve_type
 from .receive import hooks as _aiortc
 from .sink import Sink, Target
 from .sources import DecodedInput, EncodedInput, TrackInput
-from .timeline import SyncGroup, Timeline
+from .timing import DEFAULT_FRAME_INTERVAL, Timeline
 from .writer import Chunk, Failure, RecordingWriter, WriterEvent
 
 logger = logging.getLogger("rtc_recorder")
@@ -134,9 +135,9 @@ class MediaRecorder(EventEmitter):
         self._count = 0
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._taps: dict[MediaStreamTrack, _aiortc.ReceiverTap] = {}
         self.stream._observe(self._on_track_set_changed)
-        for track in self.stream:
-            _aiortc.tap_track(track)
+        self._hold_taps()
 
     # -- the specification's API -------------------------------------------------------
 
@@ -154,8 +155,8 @@ class MediaRecorder(EventEmitter):
         """Add a track to :attr:`stream` (as aiortc's recorder does).
 
         A track received by an aiortc peer connection stops being decoded from here on
-        (unless somebody reads decoded frames from it): the recording will take its
-        encoded frames.
+        (unless somebody reads decoded frames from it), for as long as it stays in this
+        recorder's stream: the recording will take its encoded frames.
         """
         self.stream.addTrack(track)
 
@@ -178,12 +179,14 @@ class MediaRecorder(EventEmitter):
             sink,
             lambda event: _call_soon(loop, self._on_writer_event, run, event),
             timeslice_us=timeslice_us,
-            quantum=lambda: run.timeline.quantum,
+            quantum=self._grid,
         )
-        run = _Run(self._count, Timeline(now), writer, processors=processors, name=sink.path)
-        groups: dict[object, SyncGroup] = {}
+        # Video taken from a receiver restarts on keyframes, which settle each (re)start.
+        keyframed = any(t.kind == "video" and tap is not None for t, tap in plans)
+        timeline = Timeline(now, self._grid, video=keyframed)
+        run = _Run(self._count, timeline, writer, processors=processors, name=sink.path)
         for index, (track, tap) in enumerate(plans):
-            run.inputs.append(self._input(index, track, tap, run, groups, plans))
+            run.inputs.append(self._input(index, track, tap, run))
         video = next((p.codec for p in processors if p.kind == "video"), None)
         audio = next((p.codec for p in processors if p.kind == "audio"), None)
         mime = self._recording.mime
@@ -266,7 +269,8 @@ class MediaRecorder(EventEmitter):
                     **{_camel(k): v for k, v in asdict(track_input.counters).items()},
                     **{_camel(k): v for k, v in asdict(processor.counters).items()},
                     "framesWritten": writer.samples.get(index, 0),
-                    "framesDroppedOverlapping": writer.overlapping.get(index, 0),
+                    "framesDroppedOverlapping": track_input.counters.frames_dropped_overlapping
+                    + writer.overlapping.get(index, 0),
                     "bytesWritten": writer.bytes.get(index, 0),
                     "droppedFromRecording": index in writer.dropped_tracks,
                 }
@@ -326,7 +330,7 @@ class MediaRecorder(EventEmitter):
             requested = self._recording.video if kind == "video" else self._recording.audio
             holdable = container.video_codecs if kind == "video" else container.audio_codecs
             default = container.default_video if kind == "video" else container.default_audio
-            tap = _aiortc.tap_track(track)
+            tap = _aiortc.tap_track(track, self)
             incoming = tap.predicted_codec() if tap is not None else None
             received = RECEIVED_VIDEO if kind == "video" else RECEIVED_AUDIO
             codec = incoming if requested is None and incoming in holdable else requested or default
@@ -346,19 +350,12 @@ class MediaRecorder(EventEmitter):
         track: MediaStreamTrack,
         tap: _aiortc.ReceiverTap | None,
         run: _Run,
-        groups: dict[object, SyncGroup],
-        plans: list[tuple[MediaStreamTrack, _aiortc.ReceiverTap | None]],
     ) -> TrackInput:
         def ended(track_input: TrackInput, error: BaseException | None) -> None:
             self._on_input_ended(run, track_input, error)
 
         if tap is None:
             return DecodedInput(index, track, run.timeline, run.writer, ended)
-        group = groups.setdefault(tap.sync_key, SyncGroup())
-        # A sender's video track leads its clock; its other tracks follow.
-        leads = track.kind == "video" or not any(
-            t.kind == "video" and p is not None and p.sync_key == tap.sync_key for t, p in plans
-        )
         return EncodedInput(
             index,
             track,
@@ -366,8 +363,6 @@ class MediaRecorder(EventEmitter):
             run.writer,
             ended,
             tap,
-            group,
-            leading=leads,
             keyframe_interval_us=_interval_us(self.videoKeyFrameIntervalDuration, None),
             keyframe_interval_count=self.videoKeyFrameIntervalCount,
         )
@@ -384,11 +379,21 @@ class MediaRecorder(EventEmitter):
             self._state = "inactive"
             self._current = None
         run.timeline.stop(time.monotonic())
-        for track_input in run.inputs:
-            track_input.stop()
         if error is not None:
+            for track_input in run.inputs:
+                track_input.stop()
             self._queue(run, ErrorEvent("error", error))
-        run.writer.close()
+            run.writer.close()
+            return
+        draining = set(run.inputs)
+
+        def drained(track_input: TrackInput) -> None:
+            draining.discard(track_input)
+            if not draining:
+                run.writer.close()
+
+        for track_input in run.inputs:
+            track_input.drain(functools.partial(drained, track_input))
 
     def _on_input_ended(
         self, run: _Run, track_input: TrackInput, error: BaseException | None
@@ -401,9 +406,29 @@ class MediaRecorder(EventEmitter):
             logger.info("every recorded track has ended: stopping")
             self._finish(run, None)
 
+    def _hold_taps(self) -> None:
+        """Hold the receiver taps of the stream's tracks (so they are not decoded for
+        nobody), and let go of those of tracks that left it."""
+        tracks = set(self.stream)
+        for track in [t for t in self._taps if t not in tracks]:
+            self._taps.pop(track).release(self)
+        for track in tracks:
+            if track not in self._taps:
+                tap = _aiortc.tap_track(track, self)
+                if tap is not None:
+                    self._taps[track] = tap
+
+    def _grid(self) -> float | None:
+        """The video frame interval pauses cut whole multiples of (None: audio only)."""
+        run = self._current or self._last
+        inputs = run.inputs if run is not None else []
+        video = next((i for i in inputs if i.kind == "video"), None)
+        if video is None:
+            return None if inputs else DEFAULT_FRAME_INTERVAL
+        return video.grid
+
     def _on_track_set_changed(self, stream: MediaStream) -> None:
-        for track in stream:
-            _aiortc.tap_track(track)
+        self._hold_taps()
         run = self._current
         if run is None or self._loop is None:
             return
