@@ -3,6 +3,8 @@ time 0. No wall clock, no network."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from rtc_recorder.timing import (
@@ -101,7 +103,7 @@ def test_a_following_stream_moves_towards_a_new_report_slowly() -> None:
     assert clock.sender_time(48000) == pytest.approx(1001.0)
     clock.sender_report(SenderReport(1001.010, 48000))  # 10 ms later than the first said
     times = [clock.sender_time(48000 + 960 * k) for k in range(1, 200)]
-    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.020 - 1e-7 <= step <= 0.020 * (1 + SLEW) + 1e-7 for step in steps)
     assert times[-1] == pytest.approx(1001.010 + 199 * 0.020, abs=1e-6)  # caught up
 
