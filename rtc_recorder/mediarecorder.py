@@ -135,9 +135,6 @@ class MediaRecorder(EventEmitter):
         self._count = 0
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._taps: dict[MediaStreamTrack, _aiortc.ReceiverTap] = {}
-        self.stream._observe(self._on_track_set_changed)
-        self._hold_taps()
 
     # -- the specification's API -------------------------------------------------------
 
@@ -155,8 +152,8 @@ class MediaRecorder(EventEmitter):
         """Add a track to :attr:`stream` (as aiortc's recorder does).
 
         A track received by an aiortc peer connection stops being decoded from here on
-        (unless somebody reads decoded frames from it), for as long as it stays in this
-        recorder's stream: the recording will take its encoded frames.
+        (unless somebody reads decoded frames from it), for as long as it stays in
+        :attr:`stream` (see :class:`MediaStream`): the recording takes its encoded frames.
         """
         self.stream.addTrack(track)
 
@@ -196,6 +193,7 @@ class MediaRecorder(EventEmitter):
         self._state = "recording"
         self._current = self._last = run
         self._runs.append(run)
+        self.stream._observe(self._on_track_set_changed)
         run.writer.start()
         for track_input in run.inputs:
             track_input.start()
@@ -330,7 +328,7 @@ class MediaRecorder(EventEmitter):
             requested = self._recording.video if kind == "video" else self._recording.audio
             holdable = container.video_codecs if kind == "video" else container.audio_codecs
             default = container.default_video if kind == "video" else container.default_audio
-            tap = _aiortc.tap_track(track, self)
+            tap = _aiortc.tap_track(track)  # held by the stream
             incoming = tap.predicted_codec() if tap is not None else None
             received = RECEIVED_VIDEO if kind == "video" else RECEIVED_AUDIO
             codec = incoming if requested is None and incoming in holdable else requested or default
@@ -375,6 +373,7 @@ class MediaRecorder(EventEmitter):
         if run.stopping:
             return
         run.stopping = True
+        self.stream._unobserve(self._on_track_set_changed)
         if run is self._current:
             self._state = "inactive"
             self._current = None
@@ -406,18 +405,6 @@ class MediaRecorder(EventEmitter):
             logger.info("every recorded track has ended: stopping")
             self._finish(run, None)
 
-    def _hold_taps(self) -> None:
-        """Hold the receiver taps of the stream's tracks (so they are not decoded for
-        nobody), and let go of those of tracks that left it."""
-        tracks = set(self.stream)
-        for track in [t for t in self._taps if t not in tracks]:
-            self._taps.pop(track).release(self)
-        for track in tracks:
-            if track not in self._taps:
-                tap = _aiortc.tap_track(track, self)
-                if tap is not None:
-                    self._taps[track] = tap
-
     def _grid(self) -> float | None:
         """The video frame interval pauses cut whole multiples of (None: audio only)."""
         run = self._current or self._last
@@ -428,7 +415,6 @@ class MediaRecorder(EventEmitter):
         return video.grid
 
     def _on_track_set_changed(self, stream: MediaStream) -> None:
-        self._hold_taps()
         run = self._current
         if run is None or self._loop is None:
             return

@@ -8,7 +8,7 @@ import fractions
 import math
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,10 +62,13 @@ class SyntheticVideo(MediaStreamTrack):
         fps: int = 30,
         sizes: Sequence[tuple[float, int, int]] = (),
         noise: bool = False,
+        schedule: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock or Clock()
         self.fps = fps
+        # When each frame is taken (source seconds, by index): a steady rate by default.
+        self.schedule = schedule or (lambda index: index / fps)
         self.sizes = [(0.0, width, height), *sizes]
         self.noise = noise
         self._index = 0
@@ -88,7 +91,7 @@ class SyntheticVideo(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        t = self._index / self.fps
+        t = self.schedule(self._index)
         self._index += 1
         delay = t - self.clock.now()
         if delay > 0:

@@ -396,6 +396,53 @@ async def test_resolution_change_mid_stream_keeps_passing_through(
     assert sizes == {(320, 240), (640, 360)}
 
 
+PATTERN_AT = 4.0  # source seconds: the recording has started by then
+
+
+def stalling(index: int) -> float:
+    """Frame times of a 30 fps sender that stalls for 2 s at 4 s (its clock goes on)."""
+    t = index / 30
+    return t if t < PATTERN_AT else t + 2.0
+
+
+def thirty_fifteen_thirty(index: int) -> float:
+    """Frame times at 30 fps, then 15 fps for 1.5 s from 4 s, then 30 fps again."""
+    steady = round(PATTERN_AT * 30)
+    if index < steady:
+        return index / 30
+    if index < steady + 22:
+        return PATTERN_AT + (index - steady) / 15
+    return PATTERN_AT + 22 / 15 + (index - steady - 22) / 30
+
+
+@pytest.mark.parametrize("schedule", [stalling, thirty_fifteen_thirty], ids=["stall", "rates"])
+async def test_stalls_and_rate_changes_give_files_every_decoder_takes(
+    peers: Peers, tmp_path: Path, schedule: Callable[[int], float]
+) -> None:
+    clock = Clock()
+    video = SyntheticVideo(clock, 320, 240, schedule=schedule)
+    peers.sender.addTrack(video)
+    peers.sender.addTrack(SyntheticAudio(clock))
+    recorder = MediaRecorder(tmp_path / "irregular.webm")
+    peers.receiver.on("track", recorder.addTrack)
+    await peers.connect()
+    await sender_reports(peers)
+    await recorder.start()
+    assert clock.now() < PATTERN_AT - 0.5, "the recording must start before the pattern"
+    await wait_for(lambda: schedule(video._index) > PATTERN_AT + 4.0, 20, "the pattern to run")
+    await recorder.stop()
+    path = tmp_path / "irregular.webm"
+    assert not ffmpeg_errors(path)
+    gaps = np.diff(probe(path)["video"].frames)
+    if schedule is stalling:
+        assert 1.9 < gaps.max() < 2.1  # the stall is in the file, as long as it was
+    else:
+        assert sorted(np.round(gaps * 30))[-10:] == [2.0] * 10  # 15 fps, then 30 again
+        assert np.round(gaps[-10:] * 30).tolist() == [1.0] * 10
+    video_stats = recorder.getStats()["tracks"][0]
+    assert video_stats["framesDroppedLate"] == 0 and video_stats["framesWritten"] > 100
+
+
 async def test_statistics_report_the_path_and_what_happened(peers: Peers) -> None:
     clock = Clock()
     peers.sender.addTrack(SyntheticVideo(clock))

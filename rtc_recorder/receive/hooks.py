@@ -243,7 +243,10 @@ class ReceiverTap:
             action(*args)
         except Exception as exc:
             self.failures += 1
-            logger.exception("rtc_recorder: the receiver tap failed; aiortc goes on")
+            if self.failures == 1:
+                logger.exception("rtc_recorder: the receiver tap failed; aiortc goes on")
+            else:
+                logger.debug("rtc_recorder: the receiver tap failed again: %s", exc)
             for subscription in list(self._subscriptions):
                 self._notify_failure(subscription, exc)
 
@@ -532,9 +535,10 @@ def _internals_present(receiver: RTCRtpReceiver) -> bool:
 
 
 def tap_track(track: MediaStreamTrack, holder: object | None = None) -> ReceiverTap | None:
-    """The tap of the receiver behind ``track`` (installed if needed, held by ``holder``
-    if given), or ``None`` when ``track`` is not received by an aiortc peer connection or
-    the internals are not as expected."""
+    """The tap of the receiver behind ``track``, or ``None`` when ``track`` is not
+    received by an aiortc peer connection or the internals are not as expected. With a
+    ``holder``, the tap is installed if needed and stays so while ``holder`` holds it;
+    without, only a tap already in place is returned."""
     track = source_of(track)
     if not isinstance(track, RemoteStreamTrack):
         return None
@@ -548,11 +552,12 @@ def tap_track(track: MediaStreamTrack, holder: object | None = None) -> Receiver
         )
         return None
     tap: ReceiverTap | None = receiver.__dict__.get(_TAP)
+    if holder is None:
+        return tap
     if tap is None:
         if not _internals_present(receiver):
             return None
         tap = ReceiverTap(receiver, track)
         tap.install()
-    if holder is not None:
-        tap.hold(holder)
+    tap.hold(holder)
     return tap
