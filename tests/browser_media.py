@@ -76,9 +76,14 @@ def is_flash_frame(number: int) -> bool:
     return number % FPS < FLASH_FRAMES
 
 
-def source_picture(number: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
-    """Source frame ``number`` as an RGB picture."""
+def source_picture(
+    number: int, width: int = WIDTH, height: int = HEIGHT, texture: np.ndarray | None = None
+) -> np.ndarray:
+    """Source frame ``number`` as an RGB picture; ``texture`` (height x width x 3)
+    replaces the scene's flat grey."""
     picture = np.full((height, width, 3), _SCENE_GREY, np.uint8)
+    if texture is not None:
+        picture[:] = texture
     top, bottom = round(height * CODE_TOP), round(height * CODE_BOTTOM)
     if is_flash_frame(number):
         picture[:top] = 255
@@ -92,20 +97,35 @@ def source_picture(number: int, width: int = WIDTH, height: int = HEIGHT) -> np.
     return picture
 
 
+def noise_texture(width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """A still texture of random 4x4 blocks (grey levels 20-120): pictures with this
+    much detail make keyframes far larger than an RTP packet."""
+    blocks = np.random.default_rng(9).integers(20, 120, (height // 4 + 1, width // 4 + 1))
+    grey = np.repeat(np.repeat(blocks, 4, axis=0), 4, axis=1)[:height, :width]
+    return np.repeat(grey[:, :, None], 3, axis=2).astype(np.uint8)
+
+
 def write_sync_video(
-    path: Path, seconds: float = LOOP_SECONDS, width: int = WIDTH, height: int = HEIGHT
+    path: Path,
+    seconds: float = LOOP_SECONDS,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    textured: bool = False,
 ) -> None:
     """An MJPEG file of ``seconds`` at 30 fps for ``--use-file-for-fake-video-capture``
-    (Chromium recognises the format by the ``.mjpeg`` suffix)."""
+    (Chromium recognises the format by the ``.mjpeg`` suffix); ``textured`` puts
+    :func:`noise_texture` behind the scene."""
     if path.suffix != ".mjpeg":
         raise ValueError(f"Chromium reads MJPEG only from a .mjpeg file, not {path.name}")
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"
     encoder.time_base = Fraction(1, FPS)
     encoder.options = {"qmin": "2", "qmax": "4"}
+    texture = noise_texture(width, height) if textured else None
     with path.open("wb") as output:
         for number in range(round(seconds * FPS)):
-            frame = av.VideoFrame.from_ndarray(source_picture(number, width, height), "rgb24")
+            picture = source_picture(number, width, height, texture)
+            frame = av.VideoFrame.from_ndarray(picture, "rgb24")
             frame = frame.reformat(format="yuvj420p")
             frame.pts = number
             for packet in encoder.encode(frame):
@@ -132,10 +152,12 @@ def write_sync_audio(path: Path, seconds: float = LOOP_SECONDS) -> None:
         output.writeframes(sync_samples(seconds).tobytes())
 
 
-def fake_capture_args(folder: Path, seconds: float = LOOP_SECONDS) -> list[str]:
+def fake_capture_args(
+    folder: Path, seconds: float = LOOP_SECONDS, textured: bool = False
+) -> list[str]:
     """Writes the sync source into ``folder``; Chromium's flags to capture from it."""
     video, audio = folder / "sync.mjpeg", folder / "sync.wav"
-    write_sync_video(video, seconds)
+    write_sync_video(video, seconds, textured=textured)
     write_sync_audio(audio, seconds)
     return [
         f"--use-file-for-fake-video-capture={video}",
