@@ -207,7 +207,7 @@ def is_flash(luma: np.ndarray) -> bool:
 
 PAUSE_CUT_AT_LEAST = 0.25  # seconds of source skipped at once: a pause was cut there
 _NEAR_CUT = 0.15  # flashes this close to a cut are not measured (the beep may be cut)
-_PAIRING = 0.25  # a flash's beep starts at most this far from it
+_PAIRING = 0.45  # a flash's beep starts at most this far from it (beeps are 1 s apart)
 _TIMELINE_WINDOW = 0.5  # seconds of pictures either side that place a flash
 
 
@@ -219,6 +219,16 @@ class Picture:
     time: float
     number: int | None
     flash: bool
+
+
+@dataclass(frozen=True)
+class Flash:
+    """A flash found in a recording: the source frame it starts at (``30k``), its onset
+    in output time, and the beep's onset minus the flash's (seconds)."""
+
+    number: int
+    time: float
+    offset: float
 
 
 @dataclass(frozen=True)
@@ -265,14 +275,15 @@ class SyncTrace:
         """The discontinuities where at least :data:`PAUSE_CUT_AT_LEAST` was cut out."""
         return [d for d in self.discontinuities() if d.skipped >= PAUSE_CUT_AT_LEAST]
 
-    def flash_onsets(self) -> list[float]:
-        """Output times at which flashes start: for each picture that shows a flash after
-        one that does not (in the same segment), where the segment's video timeline puts
-        the flash's first source frame. That timeline is the median of (output time minus
-        frame number / 30) over the readable pictures within half a second either side:
-        Chromium stamps frames with the instant they were delivered, which wanders by up
-        to ±15 ms from frame to frame (its own MediaRecorder's files show it), while the
-        timeline around them is what pauses and lip-sync corrections move."""
+    def flash_onsets(self) -> list[tuple[int, float]]:
+        """(source frame number, output time) at which flashes start: for each picture
+        that shows a flash after one that does not (in the same segment), where the
+        segment's video timeline puts the flash's first source frame. That timeline is
+        the median of (output time minus frame number / 30) over the readable pictures
+        within half a second either side: Chromium stamps frames with the instant they
+        were delivered, which wanders by up to ±15 ms from frame to frame (its own
+        MediaRecorder's files show it), while the timeline around them is what pauses
+        and lip-sync corrections move."""
         cuts = [cut.after.time for cut in self.cuts()]
         readable = [p for p in self.pictures if p.number is not None]
         onsets = []
@@ -289,7 +300,8 @@ class SyncTrace:
                 and sum(p.time >= at for at in cuts) == segment
             ]
             first = picture.number - picture.number % FPS
-            onsets.append(statistics.median(around) + self._unwrapped(first, picture.number) / FPS)
+            at = statistics.median(around) + self._unwrapped(first, picture.number) / FPS
+            onsets.append((first, at))
         return onsets
 
     def _unwrapped(self, number: int | None, near: int) -> int:
@@ -298,28 +310,26 @@ class SyncTrace:
         half = self.loop_frames // 2
         return near + (number - near + half) % self.loop_frames - half
 
-    def offsets(self) -> list[tuple[float, float]]:
-        """(flash onset, beep onset minus flash onset) for each flash that has a beep
-        within 250 ms and lies at least 150 ms from any pause cut."""
+    def offsets(self) -> list[Flash]:
+        """Each flash that has a beep within 450 ms and lies at least 150 ms from any
+        pause cut, with its beep's offset."""
         cut_times = [cut.after.time for cut in self.cuts()]
-        pairs = []
-        for flash in self.flash_onsets():
+        flashes = []
+        for number, flash in self.flash_onsets():
             if any(abs(flash - at) < _NEAR_CUT for at in cut_times) or not self.beeps:
                 continue
             beep = self.beeps[int(np.argmin(np.abs(np.array(self.beeps) - flash)))]
             if abs(beep - flash) <= _PAIRING:
-                pairs.append((flash, beep - flash))
-        return pairs
+                flashes.append(Flash(number, flash, beep - flash))
+        return flashes
 
-    def segment_offsets(
-        self, windows: list[tuple[float, float]] | None = None
-    ) -> list[list[float]]:
-        """The flash→beep offsets (seconds) of each stretch between pause cuts (before the
-        first cut, after it, ...), or of each output-time window of ``windows``."""
+    def segments(self, windows: list[tuple[float, float]] | None = None) -> list[list[Flash]]:
+        """The measured flashes of each stretch between pause cuts (before the first cut,
+        after it, ...), or of each output-time window of ``windows``."""
         if windows is None:
             edges = [0.0, *(cut.after.time for cut in self.cuts()), float("inf")]
             windows = list(pairwise(edges))
-        return [[o for t, o in self.offsets() if start <= t < end] for start, end in windows]
+        return [[f for f in self.offsets() if start <= f.time < end] for start, end in windows]
 
 
 def trace_recording(path: Path) -> SyncTrace:
@@ -332,17 +342,28 @@ def trace_recording(path: Path) -> SyncTrace:
 
 
 def describe_segments(
-    name: str, trace: SyncTrace, windows: list[tuple[float, float]] | None = None
+    name: str,
+    trace: SyncTrace,
+    windows: list[tuple[float, float]] | None = None,
+    reference: SyncTrace | None = None,
 ) -> str:
-    """One line per segment (see :meth:`SyncTrace.segment_offsets`): the flash→beep
-    offsets in milliseconds; then the trace's discontinuities."""
+    """One line per segment (see :meth:`SyncTrace.segments`): each flash's offset in
+    milliseconds, and with ``reference`` the difference from the reference's offset for
+    the same source flash; then the trace's discontinuities."""
     lines = []
-    segments = trace.segment_offsets(windows)
+    segments = trace.segments(windows)
+    theirs = {f.number: f.offset for f in reference.offsets()} if reference else {}
     labels = ["before pause 1", *[f"after pause {n + 1}" for n in range(len(segments) - 1)]]
-    for label, offsets in zip(labels, segments, strict=True):
-        figures = ", ".join(f"{1000 * o:+.1f}" for o in offsets)
-        mean = f" (mean {1000 * statistics.fmean(offsets):+.1f})" if offsets else ""
-        lines.append(f"{name} {label}: [{figures}] ms{mean}")
+    for label, flashes in zip(labels, segments, strict=True):
+        figures = []
+        for flash in flashes:
+            figure = f"#{flash.number} {1000 * flash.offset:+.1f}"
+            if flash.number in theirs:
+                figure += f" ({1000 * (flash.offset - theirs[flash.number]):+.1f})"
+            figures.append(figure)
+        offsets = [f.offset for f in flashes]
+        mean = f", mean {1000 * statistics.fmean(offsets):+.1f}" if offsets else ""
+        lines.append(f"{name} {label}: [{', '.join(figures)}] ms{mean}")
     for cut in trace.discontinuities():
         lines.append(
             f"{name} discontinuity at {cut.after.time:.3f} s: frames "

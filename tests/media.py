@@ -259,7 +259,7 @@ def beep_onsets(path: str | Path, loud: float = 3000.0, spacing: float = 0.5) ->
     of sound exceeds ``loud`` (on a 16-bit scale) at least ``spacing`` seconds after the
     previous one; it starts at the first sample (looking from 5 ms before) whose magnitude
     reaches 30 % of the beep's peak over the next 20 ms (a tone starting at any phase
-    crosses that within a twentieth of its period)."""
+    crosses that within a twentieth of its period: 0.05 ms, 2-3 samples, at 1 kHz)."""
     onsets: list[float] = []
     for start, rate, samples in decoded_sound(path):
         block = rate // 200
