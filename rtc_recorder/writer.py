@@ -14,6 +14,7 @@ samples are written at the times they come with, which the sources keep in order
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -30,6 +31,7 @@ from .timing import DEFAULT_FRAME_INTERVAL, file_origin
 
 logger = logging.getLogger("rtc_recorder")
 
+BATCH_SECONDS = 0.1  # how often frames go over to the thread
 HEADER_DEADLINE = 3.0  # seconds of waiting for a silent track before writing without it
 BACKLOG_LIMIT = 64 * 1024 * 1024  # bytes queued for the thread before frames are refused
 VIDEO_FRAME_US = 33_333  # assumed length of a last video frame
@@ -120,6 +122,8 @@ class RecordingWriter:
         self._notify = notify
         self._timeslice_us = timeslice_us
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._batch: list[MediaItem] = []  # gathered on the event loop
+        self._batch_timer: asyncio.TimerHandle | None = None
         self._thread = threading.Thread(target=self._run, name="rtc-recorder-writer", daemon=True)
         self.stats = WriterStats()
         self._submitted_bytes = 0  # written by the event loop only
@@ -147,20 +151,37 @@ class RecordingWriter:
         return self._submitted_bytes - self._processed_bytes
 
     def submit(self, item: MediaItem) -> bool:
-        """Queue a frame; False (and nothing queued) when the thread is too far behind."""
+        """Queue a frame; False (and nothing queued) when the thread is too far behind.
+
+        Frames are handed over in batches, every :data:`BATCH_SECONDS`: waking the thread
+        for every frame would cost more than what it does with one."""
         size = item.size
         if self.backlog + size > BACKLOG_LIMIT:
             return False
         self._submitted_bytes += size
-        self._queue.put(item)
+        self._batch.append(item)
+        if self._batch_timer is None:
+            loop = asyncio.get_running_loop()
+            self._batch_timer = loop.call_later(BATCH_SECONDS, self._hand_over)
         return True
+
+    def _hand_over(self) -> None:
+        """Give the thread the frames gathered so far."""
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._queue.put(batch)
 
     def request_data(self) -> None:
         """Ask for a chunk with everything gathered so far."""
+        self._hand_over()
         self._queue.put(_RequestData())
 
     def close(self) -> None:
         """Finish the recording: the thread finalizes the output, reports the last chunk, ends."""
+        self._hand_over()
         self._queue.put(_Close())
 
     def join(self, timeout: float | None = None) -> None:
@@ -179,16 +200,19 @@ class RecordingWriter:
             if isinstance(command, _Close):
                 self._finish()
                 return
-            try:
-                if isinstance(command, _RequestData):
-                    self._cut(requested=True)
-                elif not self._failed:
-                    self._handle(command)
-            except Exception as exc:
-                self._fail(exc)
-            finally:
-                if isinstance(command, MediaItem):
-                    self._processed_bytes += command.size
+            if isinstance(command, _RequestData):
+                self._guarded(self._cut, requested=True)
+                continue
+            for item in command:
+                if not self._failed:
+                    self._guarded(self._handle, item)
+                self._processed_bytes += item.size
+
+    def _guarded(self, action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        try:
+            action(*args, **kwargs)
+        except Exception as exc:
+            self._fail(exc)
 
     def _handle(self, item: MediaItem) -> None:
         processor = self._processors[item.track]
