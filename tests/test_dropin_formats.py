@@ -215,6 +215,13 @@ async def test_without_a_file_the_chunks_are_the_output() -> None:
     assert written["video"] >= 25
 
 
+async def test_mime_type_follows_the_format_without_a_file_name() -> None:
+    recorder = MediaRecorder(io.BytesIO(), format="mp3", stream=[SyntheticAudio()])
+    recorder.start()
+    assert recorder.mimeType == "audio/mpeg;codecs=mp3"
+    await recorder.stop()
+
+
 async def test_options_go_to_ffmpeg(tmp_path: Path) -> None:
     path = tmp_path / "tagged.mp3"
     recorder = MediaRecorder(path, options={"id3v2_version": "3"}, stream=[SyntheticAudio()])
