@@ -34,6 +34,7 @@ from .errors import (
     as_recorder_error,
 )
 from .events import BlobEvent, ErrorEvent, Event, EventEmitter, Handler
+from .ffmpeg_output import FfmpegSink, FfmpegTrack
 from .mediastream import MediaStream
 from .mimetype import is_type_supported, resolve_type
 from .receive import hooks as _aiortc
@@ -71,10 +72,11 @@ class MediaRecorder(EventEmitter):
     """Records an aiortc :class:`MediaStream` the way a browser's MediaRecorder does.
 
     :param file: a path, a binary file object, or None (data only through ``dataavailable``).
-    :param format: an FFmpeg container name, as aiortc's recorder takes it ("webm",
-        "matroska", "mp4", "ogg", "wav"); normally derived from ``mimeType`` or the suffix.
-    :param options: FFmpeg muxer options, accepted for compatibility with aiortc's
-        recorder; rtc-recorder writes its containers itself and logs the ones it ignores.
+    :param format: an FFmpeg format name, as aiortc's recorder takes it: "webm",
+        "matroska", "mp4", "ogg", "wav" are written by rtc-recorder, any other by FFmpeg;
+        normally derived from ``mimeType`` or the file name.
+    :param options: FFmpeg options, as in aiortc's recorder: passed to FFmpeg when it
+        writes the output; rtc-recorder's own containers log them as ignored.
     :param stream: the :class:`MediaStream` (or tracks) to record; :meth:`addTrack` adds more.
     :param mimeType: the type to write, e.g. ``"video/webm;codecs=vp8,opus"``.
     """
@@ -106,7 +108,8 @@ class MediaRecorder(EventEmitter):
         ):
             raise TypeError("file must be a path, a binary file object or None")
         self._file = file
-        if options:
+        self._options = dict(options or {})
+        if options and self._recording.ffmpeg is None:
             logger.info("rtc_recorder writes containers itself; ignoring options %s", dict(options))
         if audioBitrateMode not in ("variable", "constant"):
             raise ValueError("audioBitrateMode must be 'variable' or 'constant'")
@@ -168,8 +171,12 @@ class MediaRecorder(EventEmitter):
         now = time.monotonic()
         self._count += 1
         keep_chunks = self._file is None or self.has_listeners("dataavailable")
-        sink = Sink(self._file, keep_chunks=keep_chunks)
-        processors, plans = self._plan(tracks)
+        sink = (
+            FfmpegSink(self._recording.ffmpeg, self._file, self._options, keep_chunks=keep_chunks)
+            if self._recording.ffmpeg is not None
+            else Sink(self._file, keep_chunks=keep_chunks)
+        )
+        processors, plans = self._plan(tracks, sink)
         writer = RecordingWriter(
             self._recording,
             processors,
@@ -309,7 +316,7 @@ class MediaRecorder(EventEmitter):
         return chosen
 
     def _plan(
-        self, tracks: list[MediaStreamTrack]
+        self, tracks: list[MediaStreamTrack], sink: Sink
     ) -> tuple[list[TrackProcessor], list[tuple[MediaStreamTrack, _aiortc.ReceiverTap | None]]]:
         settings = EncoderSettings(
             audio_bitrate=self.audioBitsPerSecond,
@@ -334,7 +341,9 @@ class MediaRecorder(EventEmitter):
             codec = incoming if requested is None and incoming in holdable else requested or default
             assert codec is not None
             processor: TrackProcessor
-            if tap is not None and codec in received and incoming in (codec, None):
+            if isinstance(sink, FfmpegSink):
+                processor = FfmpegTrack(index, kind, codec, settings, sink)
+            elif tap is not None and codec in received and incoming in (codec, None):
                 processor = PassthroughTrack(index, kind, codec, settings)
             else:
                 processor = TranscodeTrack(index, kind, codec, settings)

@@ -84,6 +84,10 @@ def open_container(
     recording: RecordingType, sink: Sink, tracks: list[TrackFormat]
 ) -> ContainerWriter:
     """The writer for the recording's container."""
+    from .ffmpeg_output import FfmpegMuxer, FfmpegSink
+
+    if isinstance(sink, FfmpegSink):
+        return FfmpegMuxer(sink, tracks)
     name = recording.container.name
     if name in ("webm", "matroska"):
         from .containers.matroska import MatroskaWriter
