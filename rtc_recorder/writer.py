@@ -165,7 +165,11 @@ class RecordingWriter:
         self._submitted_bytes += size
         self._batch.append(item)
         if self._batch_timer is None:
-            loop = asyncio.get_running_loop()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # driven from a thread of the caller's: no batching
+                self._hand_over()
+                return True
             self._batch_timer = loop.call_later(BATCH_SECONDS, self._hand_over)
         return True
 
