@@ -291,8 +291,10 @@ class EncodedInput(TrackInput):
                 self.counters.frames_dropped_incomplete += 1
                 self._lost()
                 continue
-            clock = self._tap.clock(frame.ssrc, frame.clock_rate)
-            reference = clock.reference(frame.timestamp, frame.arrival)
+            reference = frame.reference
+            if reference is None:
+                clock = self._tap.clock(frame.ssrc, frame.clock_rate)
+                reference = frame.reference = clock.reference(frame.timestamp, frame.arrival)
             if reference is None:
                 return
             if self._draining is not None and self._timeline.after_stop(reference):

@@ -219,7 +219,8 @@ class StreamClock:
 
 
 class FrameInterval:
-    """A video track's typical frame interval (the median of recent ones, in seconds).
+    """A video track's typical frame interval (the median of recent ones, in seconds,
+    worked out again every 8 frames).
 
     The estimate is kept as a plain attribute, so another thread (the writer's) may read
     it while the event loop adds frames."""
@@ -227,6 +228,7 @@ class FrameInterval:
     def __init__(self, size: int = 15) -> None:
         self._last: float | None = None
         self._recent: deque[float] = deque(maxlen=size)
+        self._count = 0
         self.interval: float | None = None  # None until three intervals were seen
 
     def add(self, media: float) -> None:
@@ -235,7 +237,8 @@ class FrameInterval:
         if last is None or not 0.0 < media - last < 1.0:
             return
         self._recent.append(media - last)
-        if len(self._recent) >= 3:
+        self._count += 1
+        if len(self._recent) >= 3 and (self.interval is None or self._count % 8 == 0):
             self.interval = sorted(self._recent)[len(self._recent) // 2]
 
     @property

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from rtc_recorder.receive.assembler import FrameAssembler, Packet
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import av
+import pytest
+from aiortc.codecs import depayload
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from rtc_recorder.codecs import is_keyframe
+from rtc_recorder.receive.assembler import Frame, FrameAssembler, Packet
+from rtc_recorder.receive.hooks import WAITS, assembly_packet
+
+from .rtp_fixtures import Capture, load
 
 SSRC = 1234
 WAIT = 0.5
@@ -230,3 +243,66 @@ def test_flush_gives_up_on_everything_held() -> None:
         (15000, False),
     ]
     assert assembler.held == 0
+
+
+# -- real Chromium RTP (tests/fixtures), replayed ------------------------------------------
+
+
+def chromium_frames(
+    name: str, kind: str, order: Callable[[list[Any]], list[Any]] = list
+) -> tuple[list[Frame], str, Capture]:
+    """The capture's ``kind`` media packets, depayloaded as aiortc does and put through
+    the assembler the way the receiver tap does, at their recorded arrival instants
+    (in the order ``order`` gives them)."""
+    capture = load(name)
+    ssrc = capture.media_ssrc(kind)
+    packets = [(at, p) for at, p in capture.rtp() if p.ssrc == ssrc]
+    codec = capture.codecs[packets[0][1].payload_type]
+    codec_name = codec.name
+    parameters = RTCRtpCodecParameters(mimeType=codec.mime_type, clockRate=codec.clock_rate)
+    assembler = FrameAssembler(wait=WAITS[kind])
+    frames: list[Frame] = []
+    for at, packet in order(packets):
+        packet._data = depayload(parameters, packet.payload) if packet.payload else b""
+        frames += assembler.push(assembly_packet(packet, codec_name, kind, at), at)
+    return frames + assembler.flush(), codec_name, capture
+
+
+def decodes(codec: str, frames: list[Frame]) -> int:
+    """How many frames a real decoder takes without an error, from the first one."""
+    decoder = av.CodecContext.create({"h264": "h264", "vp8": "vp8", "opus": "opus"}[codec], "r")
+    for frame in frames:
+        decoder.decode(av.Packet(frame.data))
+    return len(frames)
+
+
+@pytest.mark.parametrize("name", ["chromium-vp8-opus", "chromium-h264"])
+def test_chromium_video_assembles_into_whole_frames_a_decoder_takes(name: str) -> None:
+    frames, codec, capture = chromium_frames(name, "video")
+    media = [p for _, p in capture.rtp() if p.ssrc == capture.media_ssrc("video") and p.payload]
+    assert len(frames) == len({p.timestamp for p in media}) >= 50
+    assert all(f.complete and not f.gap for f in frames)
+    assert [f.timestamp for f in frames] == sorted(f.timestamp for f in frames)
+    assert is_keyframe(codec, frames[0].data)
+    assert decodes(codec, frames) == len(frames)
+
+
+def test_chromium_video_packets_out_of_order_give_the_same_frames() -> None:
+    def swapped(packets: list[Any]) -> list[Any]:
+        out = list(packets)
+        for i in range(5, len(out) - 1, 7):  # every 7th packet arrives after the next one
+            (at_a, a), (at_b, b) = out[i], out[i + 1]
+            out[i], out[i + 1] = (at_a, b), (at_b, a)
+        return out
+
+    in_order, _, _ = chromium_frames("chromium-vp8-opus", "video")
+    shuffled, _, _ = chromium_frames("chromium-vp8-opus", "video", swapped)
+    assert [(f.timestamp, f.data) for f in shuffled] == [(f.timestamp, f.data) for f in in_order]
+
+
+def test_chromium_opus_with_dtx_gives_one_frame_per_packet_and_keeps_the_silences() -> None:
+    frames, codec, _ = chromium_frames("chromium-opus-dtx", "audio")
+    steps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(frames)]
+    assert codec == "opus" and all(f.complete and not f.gap for f in frames)
+    assert min(steps) == 960 and max(steps) >= 960 * 10  # 20 ms packets, DTX silences
+    assert decodes(codec, frames) == len(frames)

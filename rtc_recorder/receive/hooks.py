@@ -91,9 +91,10 @@ class EncodedFrame:
     """One re-assembled encoded frame, as the receiver would have decoded it.
 
     ``timestamp`` is the RTP timestamp extended past 32 bits, in ``clock_rate`` units;
-    ``arrival`` is ``time.monotonic()`` when its first packet arrived. ``complete`` is
-    False when packets of this frame were lost; ``gap`` is True when packets were lost
-    between the previous frame and this one (or the stream restarted).
+    ``arrival`` is ``time.monotonic()`` when its first packet arrived; ``reference`` the
+    instant its stream's clock places it at (None while that clock is not known yet).
+    ``complete`` is False when packets of this frame were lost; ``gap`` is True when
+    packets were lost between the previous frame and this one (or the stream restarted).
     """
 
     codec: str
@@ -104,6 +105,7 @@ class EncodedFrame:
     complete: bool = True
     gap: bool = False
     ssrc: int = 0
+    reference: float | None = None  # when it was live on the reference clock, if known yet
 
 
 FrameListener = Callable[[EncodedFrame], None]
@@ -130,6 +132,20 @@ def frame_start(codec: str, payload: bytes) -> bool:
     if codec == "h264":
         return payload[0] & 0x1F != 28 or (len(payload) > 1 and bool(payload[1] & 0x80))
     return True
+
+
+def assembly_packet(packet: RtpPacket, codec: str, kind: str, arrival: float) -> Packet:
+    """What the assembler needs of a depayloaded aiortc packet (``packet._data``)."""
+    video = kind == "video"
+    return Packet(
+        ssrc=packet.ssrc,
+        sequence=packet.sequence_number,
+        timestamp=packet.timestamp,
+        data=getattr(packet, "_data", b""),
+        arrival=arrival,
+        starts_frame=frame_start(codec, packet.payload) if video else True,
+        ends_frame=bool(packet.marker) if video else True,
+    )
 
 
 class ReceiverTap:
@@ -267,21 +283,8 @@ class ReceiverTap:
         codec = self._codec(packet.payload_type)
         if codec is None:
             return
-        name = codec[0]
-        video = self.kind == "video"
         now = time.monotonic()
-        frames = self.assembler.push(
-            Packet(
-                ssrc=packet.ssrc,
-                sequence=packet.sequence_number,
-                timestamp=packet.timestamp,
-                data=getattr(packet, "_data", b""),
-                arrival=now,
-                starts_frame=frame_start(name, packet.payload) if video else True,
-                ends_frame=bool(packet.marker) if video else True,
-            ),
-            now,
-        )
+        frames = self.assembler.push(assembly_packet(packet, codec[0], self.kind, now), now)
         for frame in frames:
             self._deliver(codec, frame)
 
@@ -313,7 +316,7 @@ class ReceiverTap:
         )
         self._last_frame = encoded
         clock = self.clock(frame.ssrc, rate)
-        clock.reference(frame.timestamp, frame.arrival)
+        encoded.reference = clock.reference(frame.timestamp, frame.arrival)
         self.frame_grid = clock.frames.grid
         for subscription in list(self._subscriptions):
             try:
