@@ -46,8 +46,9 @@ MAX_SKEW = 2.0
 # The nominal frame interval assumed before a video track has shown its own, and the
 # longest one a frame-rate hint will claim (slower tracks sit on a 30 fps grid too).
 DEFAULT_FRAME_INTERVAL = 1 / 30
-# A sender report that moves a stream's time by more than this is a new clock, taken at once.
-REPORT_JUMP = 0.1
+# A sender report that moves a stream's time by more than this (seconds) is a new clock,
+# taken at once (less is a sender whose reports wander: aiortc stamps them when it sends).
+REPORT_JUMP = 1.0
 # A keyframe asked for at a (re)start may show a picture taken this long before it.
 EARLY_KEYFRAME = 0.25
 # A (re)start that video has not settled after this long (seconds) settles without it.
