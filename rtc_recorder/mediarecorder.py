@@ -40,7 +40,7 @@ from .mimetype import is_type_supported, resolve_type
 from .receive import hooks as _aiortc
 from .sink import Sink, Target
 from .sources import DecodedInput, EncodedInput, TrackInput
-from .timing import DEFAULT_FRAME_INTERVAL, Timeline
+from .timing import DEFAULT_FRAME_INTERVAL, LOCAL_SETTLING, SenderClock, Timeline
 from .writer import Chunk, Failure, RecordingWriter, WriterEvent
 
 logger = logging.getLogger("rtc_recorder")
@@ -66,6 +66,8 @@ class _Run:
     error: RecorderError | None = None
     bytes: int = 0
     name: str | None = None
+    # The clock of the tracks that are not received over RTP (their timestamps sync them).
+    local_clock: SenderClock = field(default_factory=lambda: SenderClock(LOCAL_SETTLING))
 
 
 class MediaRecorder(EventEmitter):
@@ -254,7 +256,8 @@ class MediaRecorder(EventEmitter):
     def getStats(self) -> dict[str, Any]:
         """What the current (or last) recording did, per track: the path taken
         (pass-through or transcode), frames and bytes written, frames dropped and why,
-        keyframe requests, and the recorded and paused time. ``pauseCuts`` are the times
+        keyframe requests, the time in the file (seconds) of the latest frame taken for it
+        (``lastFrameTime``), and the recorded and paused time. ``pauseCuts`` are the times
         in the file (seconds) where each pause was cut out."""
         run = self._current or self._last
         if run is None:
@@ -278,6 +281,7 @@ class MediaRecorder(EventEmitter):
                     + writer.overlapping.get(index, 0),
                     "bytesWritten": writer.bytes.get(index, 0),
                     "droppedFromRecording": index in writer.dropped_tracks,
+                    "lastFrameTime": track_input.last_time(writer.base_us),
                 }
             )
         return {
@@ -362,7 +366,7 @@ class MediaRecorder(EventEmitter):
             self._on_input_ended(run, track_input, error)
 
         if tap is None:
-            return DecodedInput(index, track, run.timeline, run.writer, ended)
+            return DecodedInput(index, track, run.timeline, run.writer, ended, run.local_clock)
         return EncodedInput(
             index,
             track,

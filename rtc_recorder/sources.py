@@ -31,13 +31,12 @@ from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
 from .receive.hooks import EncodedFrame, ReceiverTap, Subscription
-from .timing import StreamClock, Timeline
+from .timing import SenderClock, StreamClock, Timeline
 from .writer import RecordingWriter
 
 logger = logging.getLogger("rtc_recorder")
 
-KEYFRAME_RETRY = 1.0  # seconds before asking again for a keyframe that has not come
-LOSS_PLI_INTERVAL = 0.25  # at most one keyframe request per this many seconds for losses
+KEYFRAME_RETRY = 0.25  # at most one keyframe request per this many seconds
 CONTAINER_TICK_US = 1000  # the coarsest container tick (Matroska's millisecond)
 OVERLAP_TOLERANCE_US = 1000  # audio may start this much before the previous one ends
 MAX_PENDING = 600  # frames held while a stream waits for its sender's first report
@@ -88,7 +87,9 @@ class TrackInput(ABC):
         self._restart = True
         self._last_out: int | None = None
         self._last_end: int | None = None  # audio: where the last packet written ends
-        self._floor = 0  # µs: media resumed after a pause starts after the cut
+        self._segment = 0  # the recorded stretch (0, then one more after each pause) last written
+        self._draining: Callable[[], None] | None = None  # called once drained after a stop
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     @property
     @abstractmethod
@@ -109,19 +110,46 @@ class TrackInput(ABC):
         """Take no more media."""
 
     def drain(self, done: Callable[[], None]) -> None:
-        """The recording has stopped: take what is still on its way from before the stop,
-        then stop and call ``done``."""
-        self.stop()
-        done()
+        """The recording has stopped: frames taken before the stop may still be on their
+        way (a sender's queue, the network, a busy process). Take them until a frame from
+        after the stop comes, or for at most :data:`STOP_DRAIN` seconds, then stop and
+        call ``done``."""
+        if self.ended or not self._can_drain():
+            self.stop()
+            done()
+            return
+        self._draining = done
+        self._drain_timer = asyncio.get_running_loop().call_later(STOP_DRAIN, self._drained)
 
+    def _can_drain(self) -> bool:
+        """Whether frames may still come (and be placed) after a stop."""
+        return True
+
+    def _past_stop(self, reference: float) -> bool:
+        """Whether a frame at ``reference`` ends the draining after a stop (it does once
+        one from after the stop has come)."""
+        if self._draining is not None and self._timeline.after_stop(reference):
+            self._drained()
+            return True
+        return False
+
+    def _drained(self) -> None:
+        done, self._draining = self._draining, None
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if done is not None:
+            self.stop()
+            done()
+
+    @abstractmethod
     def resume(self) -> None:
-        """Recording goes on after a pause: video must start again on a keyframe, and
-        everything after the cut (a pause removes whole frame intervals, rounded, so
-        resumed media could land among what was recorded before the pause)."""
-        self._restart = True
-        self._floor = round(self._timeline.resumed_floor() * MICROSECOND)
-        if self.kind == "video":
-            self._floor += CONTAINER_TICK_US
+        """Recording goes on after a pause."""
+
+    def last_time(self, base_us: int) -> float | None:
+        """Where the latest frame taken for the file lies in it (seconds; the file's time 0
+        is at ``base_us`` of the output timeline)."""
+        return None if self._last_out is None else (self._last_out - base_us) / MICROSECOND
 
     def _end(self, error: BaseException | None = None) -> None:
         if not self.ended:
@@ -136,10 +164,15 @@ class TrackInput(ABC):
         if out is None:
             self.counters.frames_dropped_paused += 1
             return None
-        micros = round(out * MICROSECOND)
-        if micros < self._floor:
+        segment = self._timeline.segment(reference)
+        if segment < self._segment:
+            # From before a pause, but this track has written media from after it.
             self.counters.frames_dropped_late += 1
             return None
+        if segment > self._segment:
+            self._segment = segment
+            self._after_pause()
+        micros = round(out * MICROSECOND)
         if self.kind == "video":
             if self._last_out is not None and micros < self._last_out + CONTAINER_TICK_US:
                 self.counters.frames_dropped_late += 1
@@ -147,7 +180,13 @@ class TrackInput(ABC):
         elif self._last_end is not None and micros < self._last_end - OVERLAP_TOLERANCE_US:
             self.counters.frames_dropped_overlapping += 1
             return None
+        self._timeline.placed(reference)
         return micros
+
+    def _after_pause(self) -> None:
+        """The first media from after a pause (media from before it may still come in
+        late and be recorded before the cut, until this)."""
+        self._restart = True
 
     def _submit(
         self, out: int, duration: int, payload: EncodedFrame | av.AudioFrame | av.VideoFrame
@@ -188,8 +227,6 @@ class EncodedInput(TrackInput):
         self._frames_since_key = 0
         self._clock: StreamClock | None = None  # the stream's clock, once a frame came
         self._ready_since: float | None = None  # when frames could first be placed
-        self._draining: Callable[[], None] | None = None  # called once drained after a stop
-        self._drain_timer: asyncio.TimerHandle | None = None
         self._pending: deque[EncodedFrame] = deque()
         self._subscription = Subscription(self._on_frame, self._end, self._end)
 
@@ -213,32 +250,22 @@ class EncodedInput(TrackInput):
         self._drain()  # the recording has stopped: nothing waits for a (re)start any more
         self.counters.frames_dropped_unsynchronised += len(self._pending)
         self._pending.clear()
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
+
+    def _can_drain(self) -> bool:
+        return not self._tap.ended and self._clock is not None
 
     def drain(self, done: Callable[[], None]) -> None:
-        """Frames taken before the stop may still be on their way (a sender's queue, the
-        network): wait for them until a frame from after the stop arrives, or at most
-        :data:`STOP_DRAIN` seconds."""
-        if self.ended or self._tap.ended or self._clock is None:
-            super().drain(done)
-            return
-        self._draining = done
-        self._drain_timer = asyncio.get_running_loop().call_later(STOP_DRAIN, self._drained)
+        super().drain(done)
         self._drain()
 
-    def _drained(self) -> None:
-        done, self._draining = self._draining, None
-        if done is not None:
-            self.stop()
-            done()
-
     def resume(self) -> None:
-        super().resume()
         if self.kind == "video":
-            self._needs_keyframe = True
-            self._request_keyframe()
+            self._request_keyframe()  # for the pictures after the pause
+
+    def _after_pause(self) -> None:
+        super()._after_pause()
+        if self.kind == "video":
+            self._needs_keyframe = True  # a picture from after the pause cannot follow one before
 
     def _request_keyframe(self) -> None:
         if self._tap.request_keyframe():
@@ -251,7 +278,7 @@ class EncodedInput(TrackInput):
         self._ask_after_loss()
 
     def _ask_after_loss(self) -> None:
-        if self._requested_at is None or time.monotonic() - self._requested_at > LOSS_PLI_INTERVAL:
+        if self._requested_at is None or time.monotonic() - self._requested_at > KEYFRAME_RETRY:
             self._request_keyframe()
 
     def _on_frame(self, frame: EncodedFrame) -> None:
@@ -297,12 +324,11 @@ class EncodedInput(TrackInput):
                 reference = frame.reference = clock.reference(frame.timestamp, frame.arrival)
             if reference is None:
                 return
-            if self._draining is not None and self._timeline.after_stop(reference):
-                self._drained()
+            if self._past_stop(reference):
                 return
             keyframe = self.kind == "video" and is_keyframe(frame.codec, frame.data)
             if self._timeline.holds(reference):
-                if keyframe and self._timeline.can_settle_at(reference):
+                if keyframe and self._timeline.can_settle_at(reference, frame.arrival):
                     self._timeline.settle(reference, after=CONTAINER_TICK_US / MICROSECOND)
                 elif self.kind == "video":
                     # Before the keyframe the resume waits for: of no use. A keyframe
@@ -386,14 +412,20 @@ class DecodedInput(TrackInput):
         timeline: Timeline,
         writer: RecordingWriter,
         on_ended: Ended,
+        source: SenderClock,
     ) -> None:
         super().__init__(index, track, timeline, writer, on_ended)
-        self.clock = StreamClock(MICROSECOND)
+        # The recording's local tracks share one clock: their timestamps keep them in sync.
+        self.clock = StreamClock(MICROSECOND, source, own_time=True)
+        self._pending: deque[tuple[av.AudioFrame | av.VideoFrame, int, float]] = deque()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def synchronised(self) -> bool:
         return False
+
+    def resume(self) -> None:
+        """Nothing to do: what is encoded here restarts on a keyframe by itself."""
 
     @property
     def grid(self) -> float:
@@ -406,6 +438,8 @@ class DecodedInput(TrackInput):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self.counters.frames_dropped_unsynchronised += len(self._pending)
+        self._pending.clear()
 
     async def _read(self) -> None:
         try:
@@ -431,8 +465,22 @@ class DecodedInput(TrackInput):
             timestamp = round(frame.pts * frame.time_base * MICROSECOND)
         else:
             timestamp = round(arrival * MICROSECOND)
+        self._pending.append((frame, timestamp, arrival))
+        if len(self._pending) > MAX_PENDING:
+            self._pending.popleft()
+            self.counters.frames_dropped_unsynchronised += 1
+        if self.clock.reference(timestamp, arrival) is None:
+            return  # the local clock is still learning: a moment's frames wait
+        while self._pending:
+            self._place_frame(*self._pending.popleft())
+
+    def _place_frame(
+        self, frame: av.AudioFrame | av.VideoFrame, timestamp: int, arrival: float
+    ) -> None:
         reference = self.clock.reference(timestamp, arrival)
-        assert reference is not None  # a clock without a sender always answers
+        assert reference is not None
+        if self._past_stop(reference):
+            return
         duration = 0
         if isinstance(frame, av.AudioFrame) and frame.sample_rate:
             duration = frame.samples * MICROSECOND // frame.sample_rate

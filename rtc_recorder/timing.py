@@ -35,8 +35,14 @@ from dataclasses import dataclass
 
 logger = logging.getLogger("rtc_recorder")
 
+# A settled offset this much too large (seconds; frames arriving before the instant it
+# gives them) steps down.
+STEP_DOWN = 0.1
 # For this long after its first packet a sender's offset is learned (its frames wait).
 SETTLING = 1.0
+# The same for the local tracks of a recording (no network: their frames come steadily
+# once their source has started, which may take a moment of catching up).
+LOCAL_SETTLING = 0.3
 # How fast a stream that follows its sender's reports (audio) moves towards a refined
 # mapping: 0.5 % of the media time elapsed (0.1 ms per 20 ms packet), which nobody hears.
 SLEW = 0.005
@@ -49,10 +55,13 @@ DEFAULT_FRAME_INTERVAL = 1 / 30
 # A sender report that moves a stream's time by more than this (seconds) is a new clock,
 # taken at once (less is a sender whose reports wander: aiortc stamps them when it sends).
 REPORT_JUMP = 1.0
-# A keyframe asked for at a (re)start may show a picture taken this long before it.
-EARLY_KEYFRAME = 0.25
+# The keyframe that answers a (re)start's request may show a picture taken up to this long
+# before the (re)start (seconds): a sender working through a queue of captured pictures.
+EARLY_KEYFRAME = 2.0
 # A (re)start that video has not settled after this long (seconds) settles without it.
 OPEN_DEADLINE = 1.5
+# A pause or stop comes at least this long after the latest media recorded.
+AFTER_LATEST = 1e-6
 
 
 class SenderClock:
@@ -64,8 +73,10 @@ class SenderClock:
     ``reference`` has no answer, since a frame placed then could have to move). The
     offset then stays as it is, so that every stream of the sender keeps the cadence of
     its own timestamps (video frames on their grid, whatever the network does), unless
-    the sender's clock jumps by more than :data:`MAX_SKEW` (a restart), which starts the
-    learning afresh.
+    frames arrive more than :data:`STEP_DOWN` before the instant it gives them (it was
+    learned while congested: it steps down by whole frame intervals), or the sender's
+    clock jumps by more than :data:`MAX_SKEW` (a restart), which starts the learning
+    afresh.
     """
 
     def __init__(self, settling: float = SETTLING) -> None:
@@ -96,6 +107,13 @@ class SenderClock:
             self._first = sender_time
         if not self.settled:
             self._offset = delay if self._offset is None else min(self._offset, delay)
+        elif self._offset is not None and self._offset - delay > STEP_DOWN:
+            # Frames now come in sooner than when the offset was learned (it was learned
+            # on a congested network or a starved process): nothing can be live after it
+            # arrived, so the offset steps down, by whole frame intervals of the 30 fps
+            # grid, which keeps video frames on their grid.
+            frames = math.floor((self._offset - delay) / DEFAULT_FRAME_INTERVAL)
+            self._offset -= frames * DEFAULT_FRAME_INTERVAL
         if self._last is None or sender_time > self._last:
             self._last = sender_time
 
@@ -123,7 +141,8 @@ class StreamClock:
     is None) and its frames wait, for at most ``deadline`` seconds after the first one
     arrived; a stream still without a report then gets a private clock (its own
     timestamps, placed by their arrival), as do streams without a sender (tracks that are
-    not received over RTP).
+    not received over RTP). Streams whose timestamps already are their sender's clock
+    (``own_time``: the tracks of one local source, say) need no reports.
 
     A *leading* stream (a sender's video) keeps the mapping of the first report it was
     placed by: its frames keep the exact cadence of their timestamps, which is what keeps
@@ -141,10 +160,13 @@ class StreamClock:
         deadline: float = 4.0,
         *,
         leading: bool = False,
+        own_time: bool = False,
     ) -> None:
         self.rate = rate
         self._sender = sender
         self._leading = leading
+        # The timestamps are the sender's own clock (local tracks: their pts): no reports.
+        self._own_time = own_time
         self._deadline = deadline
         self._anchor: SenderReport | None = None  # the mapping applied
         self._target: SenderReport | None = None  # the latest report
@@ -192,7 +214,7 @@ class StreamClock:
     @property
     def ready(self) -> bool:
         """Whether the stream's frames can be placed now (``reference`` answers)."""
-        if self._anchor is not None and self._sender is not None:
+        if (self._anchor is not None or self._own_time) and self._sender is not None:
             return self._sender.settled
         return self._private is not None and self._private.settled
 
@@ -203,7 +225,7 @@ class StreamClock:
         if self._first_arrival is None:
             self._first_arrival = arrival
         self.frames.add(timestamp / self.rate)
-        sender_time = self.sender_time(timestamp)
+        sender_time = timestamp / self.rate if self._own_time else self.sender_time(timestamp)
         if sender_time is not None and self._sender is not None:
             self._sender.observe(sender_time, arrival)
             return self._sender.reference(sender_time)
@@ -258,11 +280,12 @@ class Timeline:
     paused. Video (re)starts on a keyframe the sender makes when asked, and that picture
     may have been taken a little before the request (an encoder working through its
     queue), or rounding may put it just before the cut, among the frames from before the
-    pause. So a start or resume stays *open* until video's first keyframe :meth:`settle` s
-    it: the (re)start moves back to that keyframe if it was taken up to
-    :data:`EARLY_KEYFRAME` before, and the pause's cut is rounded down if the keyframe
-    needs it. While open, media from around the (re)start waits (:meth:`holds`): nothing
-    is placed before the boundary is final, so settling moves nothing already written.
+    pause. So a start or resume stays *open* until video's first keyframe to arrive since
+    :meth:`settle` s it: the (re)start moves back to that keyframe if it was taken before
+    (within the pause, or :data:`EARLY_KEYFRAME` before a start), and the pause's cut is
+    rounded down if the keyframe needs it. While open, media from around the (re)start
+    waits (:meth:`holds`): nothing is placed before the boundary is final, so settling
+    moves nothing already written.
     A (re)start video does not settle in time (:meth:`settle_if_late`) stays as it is.
 
     :meth:`paused_time` is the time paused as asked; :meth:`recorded_time` what the
@@ -285,9 +308,11 @@ class Timeline:
         self._excised: list[float] = [0.0]  # total cut out once the i-th pause has ended
         self._paused_total = 0.0  # total paused as asked (completed pauses)
         self._given_back = 0.0  # paused time recorded after all (resumes moved back)
-        self._paused_at: float | None = None
+        self._paused_at: float | None = None  # where the pause in progress cuts
+        self._paused_asked = start  # when it was asked for
         self._stopped_at: float | None = None
         self._open_at: float | None = start if video else None  # the open (re)start
+        self._latest = start  # the latest reference instant recorded
 
     @property
     def paused(self) -> bool:
@@ -303,12 +328,22 @@ class Timeline:
         """Whether media at reference ``instant`` must wait for the open (re)start."""
         if self._open_at is None:
             return False
-        boundary = self._pause_starts[-1] if self._pause_starts else self.start - EARLY_KEYFRAME
-        return instant >= boundary
+        return instant >= self._earliest()
 
-    def can_settle_at(self, instant: float) -> bool:
-        """Whether a keyframe at ``instant`` may settle the open (re)start."""
-        return self._open_at is not None and instant >= self._open_at - EARLY_KEYFRAME
+    def _earliest(self) -> float:
+        """The earliest instant the open (re)start may move back to: the pause it ends
+        began there, or the sender's queue could reach back that far."""
+        if self._pause_starts:
+            return self._pause_starts[-1]
+        return self.start - EARLY_KEYFRAME
+
+    def can_settle_at(self, instant: float, arrival: float) -> bool:
+        """Whether a keyframe at reference ``instant`` that arrived at ``arrival`` settles
+        the open (re)start: the first one to arrive after it (the sender's answer to the
+        request made then), whenever it was taken, back to :meth:`_earliest`."""
+        if self._open_at is None:
+            return False
+        return arrival >= self._open_at and instant >= self._earliest()
 
     def settle(self, keyframe: float | None = None, after: float = 0.0) -> None:
         """Make the open (re)start final; with ``keyframe`` (the reference instant of
@@ -345,18 +380,27 @@ class Timeline:
         if now - max(self._open_at, since if since is not None else self._open_at) >= deadline:
             self.settle()
 
+    def placed(self, instant: float) -> None:
+        """Media at reference ``instant`` was recorded (a pause or stop cannot come before)."""
+        if instant > self._latest:
+            self._latest = instant
+
     def pause(self, at: float) -> None:
-        """Stop recording from reference instant ``at``."""
+        """Stop recording from reference instant ``at`` (or just after the latest media
+        recorded, if that is later: a sender's clock may run a little ahead of ours)."""
         if self._paused_at is None:
             self.settle()
-            self._paused_at = max(at, self._pause_ends[-1] if self._pause_ends else self.start)
+            earliest = self._pause_ends[-1] if self._pause_ends else self.start
+            self._paused_asked = at
+            self._paused_at = max(at, earliest, self._latest + AFTER_LATEST)
 
     def resume(self, at: float) -> None:
         """Record again from reference instant ``at``."""
         if self._paused_at is None:
             return
         at = max(at, self._paused_at)
-        self._paused_total += at - self._paused_at
+        self._paused_total += at - self._paused_asked
+        self._given_back += self._paused_at - self._paused_asked  # recorded after all
         excised = self._paused_total - self._given_back
         quantum = self.quantum()
         if quantum:
@@ -371,10 +415,10 @@ class Timeline:
             self._open_at = at
 
     def stop(self, at: float) -> None:
-        """Record nothing from ``at`` on."""
+        """Record nothing from ``at`` on (or from just after the latest media recorded)."""
         if self._stopped_at is None:
             self.settle()
-            self._stopped_at = at
+            self._stopped_at = max(at, self._latest + AFTER_LATEST)
 
     def after_stop(self, instant: float) -> bool:
         """Whether reference ``instant`` comes after the recording stopped."""
@@ -382,13 +426,16 @@ class Timeline:
 
     def paused_time(self, now: float) -> float:
         """Seconds paused so far (a pause in progress counts up to ``now``)."""
-        ongoing = max(0.0, now - self._paused_at) if self._paused_at is not None else 0.0
+        ongoing = max(0.0, now - self._paused_asked) if self._paused_at is not None else 0.0
         return self._paused_total + ongoing
 
     def recorded_time(self, now: float) -> float:
         """Seconds of the reference clock recorded so far (what the output will last)."""
         end = now if self._stopped_at is None else min(now, self._stopped_at)
-        return max(0.0, end - self.start - self.paused_time(end) + self._given_back)
+        given_back = self._given_back
+        if self._paused_at is not None:
+            given_back += min(end, self._paused_at) - self._paused_asked
+        return max(0.0, end - self.start - self.paused_time(end) + given_back)
 
     def cuts(self) -> list[float]:
         """Output times (seconds) at which each completed pause was cut out."""
@@ -411,12 +458,10 @@ class Timeline:
             return None
         return instant - self.start - self._excised[done]
 
-    def resumed_floor(self) -> float:
-        """The output time media after the latest resume must come after: the last cut
-        (pauses cut whole frame intervals, rounded, so a resumed frame could otherwise land
-        among the frames from before the pause)."""
-        cuts = self.cuts()
-        return cuts[-1] if cuts else 0.0
+    def segment(self, instant: float) -> int:
+        """Which recorded stretch reference ``instant`` belongs to: 0 before the first
+        pause, then one more after each."""
+        return bisect.bisect_right(self._pause_ends, instant)
 
 
 # A first audio packet this close to half a video frame interval off the video's grid is

@@ -96,6 +96,18 @@ def first_video_after(path: Path, instants: list[float]) -> list[bool]:
     ]
 
 
+async def video_past(recorder: MediaRecorder, seconds: float) -> None:
+    """Record until at least ``seconds`` of video have been taken since the last cut (or
+    the start): a sender that lags behind still shows what comes after each pause."""
+    since = (recorder.getStats()["pauseCuts"] or [0.0])[-1]
+    await asyncio.sleep(seconds)
+    await wait_for(
+        lambda: (recorder.getStats()["tracks"][0]["lastFrameTime"] or 0.0) > since + seconds,
+        15,
+        "video after the cut",
+    )
+
+
 async def record_remote(
     peers: Peers, path: Path, codec: str | None = None, pauses: int = 0, **options: Any
 ) -> tuple[MediaRecorder, EventLog, int]:
@@ -116,13 +128,16 @@ async def record_remote(
     sent_at_start = video._index
     log.paused_seconds = 0.0  # type: ignore[attr-defined]
     for _ in range(pauses):
-        await asyncio.sleep(0.8)
+        await video_past(recorder, 0.8)
         paused_at = time.monotonic()
         recorder.pause()
         await asyncio.sleep(0.3)
         log.paused_seconds += time.monotonic() - paused_at  # type: ignore[attr-defined]
         await recorder.resume()
-    await asyncio.sleep(0.8 if pauses else 3.0)
+    if pauses:
+        await video_past(recorder, 0.8)
+    else:
+        await asyncio.sleep(3.0)
     sent = video._index - sent_at_start
     await recorder.stop()
     return recorder, log, sent

@@ -189,7 +189,7 @@ def test_a_resume_waits_for_the_first_keyframe_and_rounds_the_cut_down_for_it() 
     timeline.resume(11.0 + 10.6 * FRAME)  # 11 frames would be cut
     assert timeline.holds(11.0 + 10.7 * FRAME) and not timeline.holds(10.9)
     keyframe = 11.0 + 10.7 * FRAME  # would land 0.3 frame before the cut
-    assert timeline.can_settle_at(keyframe)
+    assert timeline.can_settle_at(keyframe, arrival=keyframe + 0.01)
     timeline.settle(keyframe, after=0.001)
     out = timeline.output_time(keyframe)
     assert out is not None and out >= 1.0 + 0.001
@@ -200,19 +200,20 @@ def test_a_keyframe_taken_just_before_the_resume_moves_the_resume_back() -> None
     timeline = settled_timeline()
     timeline.pause(11.0)
     timeline.resume(12.0)
-    keyframe = 12.0 - 0.1
-    assert timeline.can_settle_at(keyframe)
+    keyframe = 12.0 - 0.1  # taken before the resume, arrived after it
+    assert timeline.can_settle_at(keyframe, arrival=12.02)
+    assert not timeline.can_settle_at(keyframe, arrival=11.99)  # from before the resume
     timeline.settle(keyframe, after=0.001)
     assert timeline.output_time(keyframe) is not None
     assert timeline.paused_time(13.0) == pytest.approx(1.0)  # as asked
     assert timeline.recorded_time(13.0) == pytest.approx(2.1)  # what the file lasts
 
 
-def test_a_keyframe_too_early_cannot_settle_a_resume() -> None:
+def test_a_keyframe_from_before_the_pause_cannot_settle_a_resume() -> None:
     timeline = settled_timeline()
     timeline.pause(11.0)
     timeline.resume(12.0)
-    assert not timeline.can_settle_at(12.0 - EARLY_KEYFRAME - 0.01)
+    assert not timeline.can_settle_at(10.99, arrival=12.01)
     timeline.settle_if_late(12.5)
     assert timeline.open
     timeline.settle_if_late(14.0)
@@ -221,7 +222,7 @@ def test_a_keyframe_too_early_cannot_settle_a_resume() -> None:
 
 def test_the_start_moves_back_to_a_keyframe_taken_just_before_it() -> None:
     timeline = Timeline(10.0)
-    assert timeline.holds(10.0 - EARLY_KEYFRAME) and not timeline.holds(9.0)
+    assert timeline.holds(10.0 - EARLY_KEYFRAME) and not timeline.holds(9.99 - EARLY_KEYFRAME)
     timeline.settle(9.9)
     assert timeline.output_time(9.9) == pytest.approx(0.0)
     assert timeline.output_time(10.0) == pytest.approx(0.1)
@@ -260,3 +261,39 @@ def test_a_first_audio_packet_half_a_frame_off_the_grid_is_left_out() -> None:
     origin, dropped = file_origin([first_video], audio, FRAME)
     assert dropped == 1
     assert origin == first_video  # the next packet comes after the first frame
+
+
+def test_a_pause_never_comes_before_media_already_recorded() -> None:
+    # A sender's clock a little ahead of ours: a frame's instant is after the pause call.
+    timeline = settled_timeline()
+    assert timeline.output_time(12.010) is not None
+    timeline.placed(12.010)
+    timeline.pause(12.0)
+    assert timeline.output_time(12.005) is not None  # recorded before the cut
+    assert timeline.output_time(12.011) is None
+    timeline.resume(13.0)
+    timeline.settle()
+    assert timeline.cuts()[0] > 2.010 - 1e-9
+
+
+def test_a_pause_after_media_from_ahead_counts_as_asked_and_records_the_rest() -> None:
+    timeline = settled_timeline()
+    timeline.placed(12.010)
+    timeline.pause(12.0)
+    timeline.resume(13.0)
+    timeline.settle()
+    assert timeline.paused_time(14.0) == pytest.approx(1.0)  # as asked
+    assert timeline.recorded_time(14.0) == pytest.approx(3.010)  # what was recorded
+
+
+def test_an_offset_learned_while_congested_steps_down_by_whole_frames() -> None:
+    clock = SenderClock()
+    for k in range(40):
+        clock.observe(k * FRAME, 10.0 + k * FRAME + 0.500)  # half a second late throughout
+    assert clock.offset == pytest.approx(10.5)
+    clock.observe(40 * FRAME, 10.0 + 40 * FRAME + 0.450)  # a little sooner: kept
+    assert clock.offset == pytest.approx(10.5)
+    clock.observe(41 * FRAME, 10.0 + 41 * FRAME + 0.010)  # the congestion is over
+    stepped = clock.offset
+    assert stepped is not None and 10.010 <= stepped < 10.010 + FRAME
+    assert (10.5 - stepped) / FRAME == pytest.approx(round((10.5 - stepped) / FRAME))
