@@ -11,13 +11,28 @@ from pathlib import Path
 
 import pytest
 
-from rtc_recorder.server.admission import Admission, AdmissionState, Limits, LoadSample
+from rtc_recorder.server.admission import (
+    Admission,
+    AdmissionState,
+    Declined,
+    Limits,
+    LoadSample,
+)
 from rtc_recorder.server.load import Reading, UdpDrops, parse_udp_table, sample_between
 from rtc_recorder.server.looplag import percentile
 from rtc_recorder.server.metrics import Totals
 
 LIMITS = Limits(loop_lag_p99_ms=50, loop_busy=0.8, cpu=0.9, udp_drops=20, resume=0.5, calm=10)
 QUIET = LoadSample(loop_lag_p99_ms=2, loop_busy=0.1, cpu=0.1, udp_drops=0)
+SETTLE = 4.0
+
+
+def admission() -> Admission:
+    return Admission(LIMITS, settle=SETTLE)
+
+
+def admits(admission: Admission, sessions: int, at: float = 0.0) -> bool:
+    return admission.refusal(sessions, at) is None
 
 
 def busy(**changes: float) -> LoadSample:
@@ -26,10 +41,10 @@ def busy(**changes: float) -> LoadSample:
 
 
 def test_a_quiet_process_stays_open() -> None:
-    admission = Admission(LIMITS)
+    gate = admission()
     for second in range(30):
-        assert admission.observe(QUIET, second) is None
-    assert admission.state is AdmissionState.OPEN and admission.admits(40)
+        assert gate.observe(QUIET, second) is None
+    assert gate.state is AdmissionState.OPEN and admits(gate, 40, 30)
 
 
 @pytest.mark.parametrize(
@@ -37,79 +52,110 @@ def test_a_quiet_process_stays_open() -> None:
     [("loop_lag_p99_ms", 51.0), ("loop_busy", 0.81), ("cpu", 0.95), ("udp_drops", 21.0)],
 )
 def test_any_signal_over_its_limit_closes_admission_at_once(signal: str, value: float) -> None:
-    admission = Admission(LIMITS)
-    admission.observe(QUIET, 0)
-    change = admission.observe(busy(**{signal: value}), 1)
+    gate = admission()
+    gate.observe(QUIET, 0)
+    change = gate.observe(busy(**{signal: value}), 1)
     assert change is not None and change.state is AdmissionState.AT_CAPACITY
     assert change.over == (signal,)
-    assert not admission.admits(3)
-    assert admission.since == 1
+    assert gate.refusal(3, 1) == Declined("capacity", 10)
+    assert gate.since == 1
 
 
 def test_a_signal_at_its_limit_is_not_over_it() -> None:
-    admission = Admission(LIMITS)
-    assert admission.observe(busy(loop_busy=0.8), 0) is None
+    assert admission().observe(busy(loop_busy=0.8), 0) is None
 
 
 def test_a_process_without_sessions_admits_even_at_capacity() -> None:
-    admission = Admission(LIMITS)
-    admission.observe(busy(cpu=1.0), 0)
-    assert admission.state is AdmissionState.AT_CAPACITY
-    assert admission.admits(0) and not admission.admits(1)
+    gate = admission()
+    gate.observe(busy(cpu=1.0), 0)
+    assert gate.state is AdmissionState.AT_CAPACITY
+    assert admits(gate, 0) and not admits(gate, 1)
 
 
 def test_it_reopens_only_after_the_load_stayed_below_the_resume_level_for_the_calm_time() -> None:
-    admission = Admission(LIMITS)
-    admission.observe(busy(loop_busy=0.9), 0)
+    gate = admission()
+    gate.observe(busy(loop_busy=0.9), 0)
     # Below the limit but above resume x limit (0.4): not calm, stays closed.
     for second in range(1, 30):
-        assert admission.observe(busy(loop_busy=0.6), second) is None
-    assert admission.state is AdmissionState.AT_CAPACITY
+        assert gate.observe(busy(loop_busy=0.6), second) is None
+    assert gate.state is AdmissionState.AT_CAPACITY
     # Calm from 30 on: open at 40, not before.
     for second in range(30, 40):
-        assert admission.observe(busy(loop_busy=0.3), second) is None
-    change = admission.observe(busy(loop_busy=0.3), 40)
+        assert gate.observe(busy(loop_busy=0.3), second) is None
+    change = gate.observe(busy(loop_busy=0.3), 40)
     assert change is not None and change.state is AdmissionState.OPEN
-    assert admission.admits(5)
+    assert admits(gate, 5, 40)
 
 
 def test_a_single_busy_sample_restarts_the_calm_time() -> None:
-    admission = Admission(LIMITS)
-    admission.observe(busy(udp_drops=100), 0)
+    gate = admission()
+    gate.observe(busy(udp_drops=100), 0)
     for second in range(1, 8):
-        admission.observe(QUIET, second)
-    admission.observe(busy(udp_drops=15), 8)  # under the limit, over the resume level
+        gate.observe(QUIET, second)
+    gate.observe(busy(udp_drops=15), 8)  # under the limit, over the resume level
     for second in range(9, 19):
-        assert admission.observe(QUIET, second) is None
-    assert admission.state is AdmissionState.AT_CAPACITY
-    change = admission.observe(QUIET, 19)
+        assert gate.observe(QUIET, second) is None
+    assert gate.state is AdmissionState.AT_CAPACITY
+    change = gate.observe(QUIET, 19)
     assert change is not None and change.state is AdmissionState.OPEN
 
 
 def test_retry_after_counts_down_the_calm_time() -> None:
-    admission = Admission(LIMITS)
-    admission.observe(busy(cpu=1.0), 0)
-    assert admission.retry_after(0) == 10
-    admission.observe(QUIET, 1)
-    assert admission.retry_after(4.5) == 7
-    assert admission.retry_after(11) == 1
+    gate = admission()
+    gate.observe(busy(cpu=1.0), 0)
+    assert gate.refusal(1, 0) == Declined("capacity", 10)
+    gate.observe(QUIET, 1)
+    assert gate.refusal(1, 4.5) == Declined("capacity", 7)
+    assert gate.refusal(1, 10.5) == Declined("capacity", 1)
 
 
 def test_a_limit_of_zero_turns_its_signal_off() -> None:
-    admission = Admission(
-        Limits(loop_lag_p99_ms=0, loop_busy=0, cpu=0, udp_drops=0, resume=0.5, calm=1)
+    gate = Admission(
+        Limits(loop_lag_p99_ms=0, loop_busy=0, cpu=0, udp_drops=0, resume=0.5, calm=1), SETTLE
     )
-    assert admission.observe(LoadSample(5000, 1.0, 1.0, 1e6), 0) is None
-    assert admission.state is AdmissionState.OPEN
+    assert gate.observe(LoadSample(5000, 1.0, 1.0, 1e6), 0) is None
+    assert gate.state is AdmissionState.OPEN
 
 
 def test_the_json_names_the_signals_as_the_api_does() -> None:
-    admission = Admission(LIMITS)
-    admission.observe(busy(loop_lag_p99_ms=80), 0)
-    body = admission.to_json()
+    gate = admission()
+    gate.observe(busy(loop_lag_p99_ms=80), 0)
+    body = gate.to_json()
     assert body["state"] == "at capacity" and body["over"] == ["loopLagP99Ms"]
     assert body["measured"] == {"loopLagP99Ms": 80, "loopBusy": 0.1, "cpu": 0.1, "udpDrops": 0}
     assert body["limits"]["udpDrops"] == 20
+
+
+def test_near_capacity_new_sessions_come_one_per_settle_time() -> None:
+    gate = admission()
+    gate.observe(busy(loop_busy=0.5), 0)  # warm: over 0.5 x 0.8, under 0.8
+    assert admits(gate, 3, 0.5)
+    gate.admitted(0.5)
+    assert gate.refusal(4, 1.0) == Declined("settling", 4)
+    gate.observe(busy(loop_busy=0.55), 2)
+    assert gate.refusal(4, 4.4) == Declined("settling", 1)
+    assert admits(gate, 4, 4.5)  # the last one is measured now
+    # Settling is no reason for /readyz to send sessions elsewhere.
+    assert gate.refusal(4, 1.0, settling=False) is None
+
+
+def test_a_burst_is_taken_as_far_as_the_measured_cost_per_session_leaves_room() -> None:
+    gate = admission()
+    gate.observe(busy(loop_busy=0.1, cpu=0.05), 0)  # 2 sessions measured: 0.05 each
+    # Room under 0.5 x 0.8 = 0.4 for 6 sessions at 0.05: 2 measured + 6 = 0.4.
+    for count in range(6):
+        assert admits(gate, 2 + count, 0.1 * count), count
+        gate.admitted(0.1 * count)
+    assert gate.refusal(8, 0.6) == Declined("settling", 4)
+    assert admits(gate, 8, 4.0)  # the first of the burst is measured by now
+
+
+def test_a_process_that_measured_none_of_its_sessions_takes_them_as_they_come() -> None:
+    gate = admission()
+    gate.observe(QUIET, 0)
+    for count in range(5):
+        assert admits(gate, count, 0.1 * count)
+        gate.admitted(0.1 * count)
 
 
 def test_a_sample_is_the_rates_between_two_readings() -> None:

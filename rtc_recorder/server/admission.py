@@ -7,6 +7,14 @@ second), nothing here reads a clock.
 - **Open → at capacity** as soon as one sample has any signal above its limit.
 - **At capacity → open** once every signal has stayed at or below ``resume`` × its limit in
   every sample for ``calm`` seconds.
+- **Settling**: a session admitted less than ``settle`` seconds ago is not yet in the
+  samples. While there are such sessions, another is taken only if the load stays under
+  ``resume`` × its limit with it: for the event loop and the CPU, each unmeasured session
+  (and the new one) is counted at the cost per session measured so far; a process that is
+  *warm* (a signal over ``resume`` × its limit) takes one at a time. So a burst of offers
+  cannot overshoot the limits before the samples show it (except at a process that has
+  measured none of its sessions yet: it knows no cost per session), and one session at a
+  time approaches them.
 
 A limit of 0 turns its signal off. A process without sessions always admits: its load is
 not of its own making, and refusing the first session would help nobody.
@@ -15,6 +23,7 @@ not of its own making, and refusing the first session would help nobody.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 
@@ -62,6 +71,22 @@ class Limits:
         return {f.name: getattr(self, f.name) for f in fields(LoadSample)}
 
 
+PROPORTIONAL = ("loop_busy", "cpu")  # signals that grow with each session's share
+
+
+@dataclass(frozen=True)
+class Declined:
+    """Why no new session is taken now: ``capacity`` or ``settling``; and in how many
+    seconds one could be, at the earliest."""
+
+    reason: str
+    retry_after: int
+
+
+def _seconds(wait: float) -> int:
+    return max(1, math.ceil(wait))
+
+
 @dataclass(frozen=True)
 class Change:
     """A change of state, with the sample that caused it."""
@@ -74,13 +99,15 @@ class Change:
 class Admission:
     """The admission state machine (see the module's docstring)."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, settle: float) -> None:
         self.limits = limits
+        self.settle = settle
         self.state = AdmissionState.OPEN
         self.sample: LoadSample | None = None
         self.over: tuple[str, ...] = ()  # signals above their limit in the last sample
         self.since: float | None = None  # when the state was last entered
         self._calm_since: float | None = None
+        self._admitted: deque[float] = deque()  # when the sessions not yet measured came
 
     def observe(self, sample: LoadSample, at: float) -> Change | None:
         """Take the sample of instant ``at`` (seconds, any monotonic origin); the change of
@@ -109,16 +136,45 @@ class Admission:
             if limit > 0 and measured[name] > share * limit
         )
 
-    def admits(self, sessions: int) -> bool:
-        """Whether a new session is taken by a process that has ``sessions``."""
-        return self.state is AdmissionState.OPEN or sessions == 0
+    @property
+    def warm(self) -> bool:
+        """Whether the last sample had a signal above ``resume`` × its limit."""
+        return self.sample is not None and bool(self.exceeded(self.sample, self.limits.resume))
 
-    def retry_after(self, at: float) -> int:
-        """Seconds (at least 1) before the process could admit again, if load falls now."""
-        if self.state is AdmissionState.OPEN:
-            return 1
-        calm_for = 0.0 if self._calm_since is None else at - self._calm_since
-        return max(1, math.ceil(self.limits.calm - calm_for))
+    def refusal(self, sessions: int, at: float, settling: bool = True) -> Declined | None:
+        """Why a new session would not be taken at ``at`` by a process that has ``sessions``
+        (``settling`` too, unless told otherwise), or None."""
+        if sessions == 0:
+            return None
+        if self.state is AdmissionState.AT_CAPACITY:
+            calm_for = 0.0 if self._calm_since is None else at - self._calm_since
+            return Declined("capacity", _seconds(self.limits.calm - calm_for))
+        if settling and self._crowded(sessions, at):
+            return Declined("settling", _seconds(self._admitted[0] + self.settle - at))
+        return None
+
+    def admitted(self, at: float) -> None:
+        """A new session was taken at ``at``."""
+        self._admitted.append(at)
+
+    def _crowded(self, sessions: int, at: float) -> bool:
+        """Whether one more session could overshoot before the samples show the last ones."""
+        while self._admitted and self._admitted[0] <= at - self.settle:
+            self._admitted.popleft()
+        unmeasured = len(self._admitted)
+        if unmeasured == 0:
+            return False
+        if self.warm:
+            return True
+        measured = sessions - unmeasured
+        if self.sample is None or measured <= 0:
+            return False  # no cost per session known yet
+        for name in PROPORTIONAL:
+            limit = getattr(self.limits, name)
+            load = getattr(self.sample, name)
+            if limit > 0 and load * (1 + (unmeasured + 1) / measured) > self.limits.resume * limit:
+                return True
+        return False
 
     def _enter(self, state: AdmissionState, sample: LoadSample, at: float) -> Change:
         self.state = state

@@ -208,13 +208,15 @@ async def create_session(
             {"Retry-After": str(refused.retry_after)},
         )
     try:
-        return await request.app[SESSIONS].create(
+        created = await request.app[SESSIONS].create(
             sdp, optional_mime_type(body), optional_timeslice(body)
         )
     except TooManySessions as exc:
         raise ApiError(503, "QuotaExceededError", str(exc)) from None
     except BadOffer as exc:
         raise ApiError(400, "SyntaxError", str(exc)) from None
+    operations.admitted(request.app)
+    return created
 
 
 # -- signaling ----------------------------------------------------------------------------

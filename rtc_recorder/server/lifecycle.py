@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .admission import Admission
+from .admission import Admission, camel
 from .sessions import Session, SessionManager
 from .settings import Settings
 
@@ -36,7 +36,7 @@ MAX_SESSIONS_RETRY = 5  # Retry-After (seconds) when --max-sessions is reached
 class Refusal:
     """Why a new session is not taken now, and when to try again."""
 
-    reason: str  # "draining", "max_sessions" or "capacity"
+    reason: str  # "draining", "max_sessions", "capacity" or "settling"
     message: str
     retry_after: int  # seconds
 
@@ -50,8 +50,10 @@ class Readiness:
         self.admission = admission
         self.draining = False
 
-    def refusal(self) -> Refusal | None:
-        """Why a new session would be refused, or None if it would be taken."""
+    def refusal(self, settling: bool = True) -> Refusal | None:
+        """Why a new session would be refused, or None if it would be taken. ``/readyz``
+        leaves out settling: a pause of seconds between sessions is no reason to send
+        them elsewhere."""
         count = len(self.sessions.sessions)
         if self.draining:
             return Refusal(
@@ -61,18 +63,23 @@ class Readiness:
             return Refusal(
                 "max_sessions", f"{self.settings.max_sessions} sessions already", MAX_SESSIONS_RETRY
             )
-        if not self.admission.admits(count):
-            over = ", ".join(self.admission.over) or "calming down"
-            return Refusal(
-                "capacity",
-                f"the server is at capacity ({over})",
-                self.admission.retry_after(time.monotonic()),
-            )
-        return None
+        refused = self.admission.refusal(count, time.monotonic(), settling)
+        if refused is None:
+            return None
+        if refused.reason == "settling":
+            message = "the server is near capacity: it takes one new session at a time"
+        else:
+            over = ", ".join(camel(name) for name in self.admission.over) or "calming down"
+            message = f"the server is at capacity ({over})"
+        return Refusal(refused.reason, message, refused.retry_after)
+
+    def admitted(self) -> None:
+        """A new session was taken."""
+        self.admission.admitted(time.monotonic())
 
     def to_json(self) -> dict[str, Any]:
         """``/readyz``'s body."""
-        refusal = self.refusal()
+        refusal = self.refusal(settling=False)
         return {
             "ready": refusal is None,
             "reason": refusal.reason if refusal else None,

@@ -211,7 +211,8 @@ def lag_histogram(registry: CollectorRegistry) -> Histogram:
 
 
 def refusals(registry: CollectorRegistry) -> PrometheusCounter:
-    """New sessions refused, by reason (``capacity``, ``max_sessions``, ``draining``)."""
+    """New sessions refused, by reason (``capacity``, ``settling``, ``max_sessions``,
+    ``draining``)."""
     return PrometheusCounter(
         f"{PREFIX}_sessions_refused",
         "New sessions refused, by reason",

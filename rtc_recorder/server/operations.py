@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as PrometheusCounter
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from . import load
 from .admission import Admission, Limits
 from .lifecycle import DRAIN, Drain, Readiness, Refusal
 from .load import LoadMonitor
@@ -45,7 +46,7 @@ def setup(app: web.Application, settings: Settings, sessions: SessionManager) ->
     ``app``, whose ``app[REGISTRY]`` the caller made (so that other parts could register
     their metrics on it first)."""
     registry = app[REGISTRY]
-    admission = Admission(limits(settings))
+    admission = Admission(limits(settings), settle=load.WINDOW + load.INTERVAL)
     monitor = LoadMonitor(admission, lag_histogram(registry).observe)
     readiness = Readiness(settings, sessions, admission)
     totals = RecordingTotals()
@@ -56,7 +57,7 @@ def setup(app: web.Application, settings: Settings, sessions: SessionManager) ->
             totals,
             admission,
             monitor,
-            lambda: (readiness.refusal() is None, readiness.draining),
+            lambda: (readiness.refusal(settling=False) is None, readiness.draining),
         )
     )
     process_metrics(registry)
@@ -77,6 +78,11 @@ def refusal(app: web.Application) -> Refusal | None:
     if refused is not None:
         app[REFUSED].labels(refused.reason).inc()
     return refused
+
+
+def admitted(app: web.Application) -> None:
+    """A new session was taken (admission paces new sessions near capacity)."""
+    app[READINESS].admitted()
 
 
 async def readyz(request: web.Request) -> web.Response:

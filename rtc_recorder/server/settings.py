@@ -41,10 +41,10 @@ class Settings:
     log_format: str = "text"
     # Admission by measured load (see admission.py); 0 turns a signal off.
     admission_loop_lag: float = 200.0
-    admission_loop_busy: float = 0.8
+    admission_loop_busy: float = 0.6
     admission_cpu: float = 0.9
     admission_udp_drops: float = 10.0
-    admission_resume: float = 0.7
+    admission_resume: float = 0.8
     admission_calm: float = 10.0
     shutdown_timeout: float = 20.0
 
@@ -89,7 +89,8 @@ _HELP = {
     "admission_cpu": "... while the process uses more than this share of its CPUs (0: off)",
     "admission_udp_drops": "... while the kernel drops more than this many UDP packets a second "
     "because the process' sockets were full (0: off)",
-    "admission_resume": "admit again once every signal stayed below this share of its limit...",
+    "admission_resume": "admit again once every signal stayed below this share of its limit... "
+    "(above it, new sessions are taken one at a time)",
     "admission_calm": "... for this many seconds",
     "shutdown_timeout": "seconds recordings get to finalize after SIGTERM; one that has not by "
     "then is logged and left, and the process exits anyway (status 1)",
