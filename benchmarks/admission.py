@@ -1,6 +1,7 @@
 """Admission by measured load: publish sessions to ``rtc-recorder serve --auto-record`` one
-by one until the server refuses one, keep trying to add as many again, then record for
-``--seconds`` and check every admitted session's recording.
+by one (a new one every ``--fill-interval`` seconds, as sessions arrive at a busy node)
+until the server refuses one, keep trying to add as many again (every ``--interval``
+seconds), then record for ``--seconds`` and check every admitted session's recording.
 
     .venv/bin/python benchmarks/admission.py --markdown
     ./dev bench admission --seconds 30 --markdown
@@ -39,6 +40,9 @@ from loadbench.monitor import Monitor
 from loadbench.processes import ChildError, Senders
 from loadbench.report import environment, mean
 from loadbench.server import (
+    HANGUP_TIMEOUT,
+    SERVER_READY_TIMEOUT,
+    SERVER_STOP_TIMEOUT,
     BenchmarkError,
     Server,
     free_port,
@@ -52,9 +56,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
-SERVER_READY_TIMEOUT = 30.0
-SERVER_STOP_TIMEOUT = 60.0
-HANGUP_TIMEOUT = 60.0
 IDLE_SECONDS = 2.0
 
 
@@ -188,6 +189,8 @@ def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, 
         admitted = 0
         number = 0
         while number < args.max_sessions:
+            if number:
+                time.sleep(args.fill_interval)
             record = attempt(server, publishers, number, admitted, "filling")
             raw["attempts"].append(record)
             monitor.sender_pids = publishers.pids()
@@ -337,6 +340,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-sessions", type=int, default=60, help="attempts while filling")
     parser.add_argument("--seconds", type=float, default=30.0, help="recording window")
+    parser.add_argument(
+        "--fill-interval",
+        type=float,
+        default=4.0,
+        help="seconds between sessions while filling (the server's samples need about 4 s "
+        "to show what a new session costs)",
+    )
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between attempts past capacity"
     )

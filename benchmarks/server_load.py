@@ -43,6 +43,7 @@ from loadbench.processes import ChildError, Senders, cpu_seconds, groups, machin
 from loadbench.report import MB, environment, mean, percentile, slope
 from loadbench.server import (
     HANGUP_TIMEOUT,
+    SERVER_READY_TIMEOUT,
     SERVER_STOP_TIMEOUT,
     BenchmarkError,
     Server,
@@ -60,7 +61,6 @@ DEFAULT_OUT = HERE / "results"
 
 IDLE_SECONDS = 2.0  # probing before the first offer: the unloaded baseline
 HEALTHZ_P99_TARGET_MS = 100.0
-SERVER_READY_TIMEOUT = 30.0
 RECORDING_START_TIMEOUT = 30.0  # from every sender connected to every session recording
 PHASES = ("idle", "connecting", "recording", "hangup")
 SATURATED = 0.9  # a sample second with the machine at least this busy (share of its cores)

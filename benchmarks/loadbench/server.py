@@ -23,7 +23,8 @@ from .common import LOOPBACK
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
 SERVER_WRAPPER = CHECKOUT / "benchmarks" / "loopback_server.py"
 
-SERVER_STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server's own shutdown timeout is 30 s)
+SERVER_READY_TIMEOUT = 30.0
+SERVER_STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server gives recordings 20 s by default)
 
 HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
 
