@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 POLL = 0.05  # seconds between checks for the kernel's interrupt while a write waits
 STATFS_FIELDS = (
@@ -160,9 +160,11 @@ class BlockingDisk:
         self._lines: list[str] = []  # what the filesystem said and nobody waited for yet
         self._said = threading.Condition()
         self._log = mountpoint.with_name(mountpoint.name + "-fuse.log")
+        self._log_file: TextIO | None = None
         self._process: subprocess.Popen[str] | None = None
 
     def mount(self, timeout: float = 20) -> None:
+        self._log_file = self._log.open("w")
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
@@ -170,7 +172,7 @@ class BlockingDisk:
             cwd=Path(__file__).resolve().parent.parent,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=self._log.open("w"),
+            stderr=self._log_file,
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -204,6 +206,8 @@ class BlockingDisk:
             self._process.kill()
             self._process.wait(10)
         self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
 
     def _command(self, line: str) -> None:
         assert self._process is not None and self._process.stdin is not None

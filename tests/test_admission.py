@@ -18,7 +18,13 @@ from rtc_recorder.server.admission import (
     Limits,
     LoadSample,
 )
-from rtc_recorder.server.load import Reading, UdpDrops, parse_udp_table, sample_between
+from rtc_recorder.server.load import (
+    Reading,
+    UdpDrops,
+    available_cpus,
+    parse_udp_table,
+    sample_between,
+)
 from rtc_recorder.server.looplag import percentile
 from rtc_recorder.server.metrics import Totals
 
@@ -236,3 +242,15 @@ def test_totals_add_frames_by_kind_and_drops_by_reason() -> None:
         ("video", "paused"): 1,
         ("audio", "overlapping"): 1,
     }
+
+
+def test_a_cgroup_cpu_quota_caps_the_cpus_the_process_may_use(tmp_path: Path) -> None:
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
+    relative = next((line[3:] for line in lines if line.startswith("0::")), None)
+    assert relative is not None, "no cgroup v2 entry for this process"
+    folder = tmp_path / relative.lstrip("/")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cpu.max").write_text("50000 100000\n")
+    assert available_cpus(tmp_path) == 0.5
+    (folder / "cpu.max").write_text("max 100000\n")
+    assert available_cpus(tmp_path) == len(os.sched_getaffinity(0))
