@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .admission import Admission, AdmissionState, Change, LoadSample
+from .admission import Admission, AdmissionState, Change, LoadSample, camel
 from .looplag import LoopLagProbe, percentile
 
 logger = logging.getLogger("rtc_recorder.server")
@@ -139,10 +139,11 @@ def log_change(change: Change, admission: Admission) -> None:
     fields = {
         "state": change.state.value,
         **change.sample.to_json(),
-        "limits": admission.limits.signals(),
+        "limits": {camel(name): limit for name, limit in admission.limits.signals().items()},
     }
     if change.state is AdmissionState.AT_CAPACITY:
-        logger.warning("at capacity", extra={"fields": {"over": list(change.over), **fields}})
+        over = [camel(name) for name in change.over]
+        logger.warning("at capacity", extra={"fields": {"over": over, **fields}})
     else:
         logger.info("admitting", extra={"fields": fields})
 
