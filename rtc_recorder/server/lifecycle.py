@@ -67,7 +67,7 @@ class Readiness:
         if refused is None:
             return None
         if refused.reason == "settling":
-            message = "the server is near capacity: it takes one new session at a time"
+            message = "the server is near capacity: a new session waits until the last ones show"
         else:
             over = ", ".join(camel(name) for name in self.admission.over) or "calming down"
             message = f"the server is at capacity ({over})"
