@@ -175,3 +175,24 @@ async def test_a_server_over_its_load_limit_refuses_new_sessions_and_says_why(
 
         await until(still_recording, 20, "the admitted session to go on recording")
         await admitted.close()
+
+
+def test_load_limits_and_the_shutdown_bound_come_from_flags_and_environment() -> None:
+    from rtc_recorder.server.settings import parse
+
+    settings = parse(
+        ["--admission-loop-busy", "0.3", "--shutdown-timeout", "5"],
+        {"RTC_RECORDER_ADMISSION_UDP_DROPS": "0", "RTC_RECORDER_ADMISSION_CALM": "30"},
+    )
+    assert settings.admission_loop_busy == 0.3 and settings.shutdown_timeout == 5
+    assert settings.admission_udp_drops == 0 and settings.admission_calm == 30
+    defaults = parse([], {})
+    assert (defaults.admission_loop_lag, defaults.admission_loop_busy) == (200, 0.6)
+    assert defaults.shutdown_timeout == 20
+    for bad in (
+        ["--admission-cpu", "-1"],
+        ["--admission-resume", "0"],
+        ["--shutdown-timeout", "x"],
+    ):
+        with pytest.raises(ValueError):
+            parse(bad, {})
