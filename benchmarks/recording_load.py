@@ -21,30 +21,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
-import multiprocessing
-import multiprocessing.connection
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-import psutil
 from loadbench import files, media, receiver, report, sender
-from loadbench.common import LOOPBACK, Message
+from loadbench.common import LOOPBACK
+from loadbench.processes import ChildError, Children, cpu_seconds, groups
+from loadbench.report import environment
 
 KINDS = receiver.KINDS
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-END_TIMEOUT = 30.0  # children's clean-up is bounded by 2 x 10 s
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
@@ -55,127 +46,8 @@ def _use_checkout() -> None:
         sys.path.insert(1, str(CHECKOUT))
 
 
-class ChildError(RuntimeError):
-    """A child process failed, exited early, or did not answer in time."""
-
-
-class Children:
-    """The processes of one run, with a pipe to each; :meth:`end` leaves none running.
-
-    Children are started with ``spawn`` (a fresh interpreter: no state forked from this
-    process) and as daemons (multiprocessing ends them if this process exits abruptly);
-    they also end themselves when their pipe closes.
-    """
-
-    def __init__(self) -> None:
-        self._context = multiprocessing.get_context("spawn")
-        self._processes: dict[str, BaseProcess] = {}
-        self._pipes: dict[str, Connection] = {}
-        self._inbox: dict[str, deque[Message]] = {}
-
-    def start(self, name: str, target: Callable[[Connection, Any], None], config: Any) -> None:
-        ours, theirs = self._context.Pipe()
-        process = self._context.Process(
-            target=target, args=(theirs, config), name=name, daemon=True
-        )
-        process.start()
-        theirs.close()
-        self._processes[name] = process
-        self._pipes[name] = ours
-        self._inbox[name] = deque()
-
-    def pid(self, name: str) -> int:
-        pid = self._processes[name].pid
-        assert pid is not None
-        return pid
-
-    def names(self, prefix: str) -> list[str]:
-        return [name for name in self._processes if name.startswith(prefix)]
-
-    def send(self, name: str, message: Message) -> None:
-        self._pipes[name].send(message)
-
-    def expect(self, name: str, kind: str, timeout: float) -> Message:
-        """The next ``kind`` message from ``name``; messages from other children meanwhile
-        are kept for later. An error report, an early exit or the timeout raise
-        :class:`ChildError`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            inbox = self._inbox[name]
-            while inbox:
-                message = inbox.popleft()
-                if message.get("type") == kind:
-                    return message
-                raise ChildError(f"{name}: expected {kind!r}, got {message.get('type')!r}")
-            self._collect()
-            if self._inbox[name]:
-                continue
-            if not self._processes[name].is_alive():
-                code = self._processes[name].exitcode
-                raise ChildError(f"{name} exited (status {code}) before sending {kind!r}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ChildError(f"{name}: no {kind!r} within {timeout:.0f} s")
-            waitables: list[Any] = []
-            for other, process in self._processes.items():
-                if process.is_alive():
-                    waitables += [self._pipes[other], process.sentinel]
-            multiprocessing.connection.wait(waitables, timeout=min(remaining, 1.0))
-
-    def _collect(self) -> None:
-        """Read whatever the children sent; a reported error raises at once."""
-        for name, pipe in self._pipes.items():
-            with contextlib.suppress(EOFError, OSError):  # it exited: its status tells
-                while pipe.poll():
-                    message = pipe.recv()
-                    if message.get("type") == "error":
-                        raise ChildError(f"{name} failed:\n{message.get('message')}")
-                    self._inbox[name].append(message)
-            status = self._processes[name].exitcode
-            if status not in (None, 0):
-                raise ChildError(f"{name} exited with status {status}")
-
-    def join(self, timeout: float) -> None:
-        """Wait for every child to exit by itself."""
-        deadline = time.monotonic() + timeout
-        for process in self._processes.values():
-            process.join(max(0.0, deadline - time.monotonic()))
-
-    def end(self) -> None:
-        """Terminate (SIGTERM: they close their peer connections, in bounded time) whatever
-        still runs, then kill what has not exited within :data:`END_TIMEOUT`."""
-        for process in self._processes.values():
-            if process.is_alive():
-                process.terminate()
-        deadline = time.monotonic() + END_TIMEOUT
-        for process in self._processes.values():
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-        for pipe in self._pipes.values():
-            pipe.close()
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of the processes ``pids`` so far."""
-    total = 0.0
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
 def _log(kind: str, text: str) -> None:
     print(f"[{kind}] {text}", file=sys.stderr, flush=True)
-
-
-def _groups(sessions: int, per_sender: int) -> Iterator[tuple[int, ...]]:
-    for first in range(0, sessions, per_sender):
-        yield tuple(range(first, min(first + per_sender, sessions)))
 
 
 def run_recorder(kind: str, args: argparse.Namespace, media_path: Path) -> dict[str, Any]:
@@ -200,7 +72,7 @@ def run_recorder(kind: str, args: argparse.Namespace, media_path: Path) -> dict[
         )
         ready = children.expect("receiver", "ready", timeout=60)
         url = f"http://{LOOPBACK}:{ready['port']}/offer"
-        for index, numbers in enumerate(_groups(args.sessions, args.sessions_per_sender)):
+        for index, numbers in enumerate(groups(args.sessions, args.sessions_per_sender)):
             children.start(
                 f"sender-{index}",
                 sender.run,
@@ -214,10 +86,10 @@ def run_recorder(kind: str, args: argparse.Namespace, media_path: Path) -> dict[
         _log(kind, f"{args.sessions} sessions flowing after {connected['seconds']:.1f} s")
         children.expect("receiver", "window_start", timeout=args.warmup + 30)
         sender_pids = [children.pid(name) for name in senders]
-        sender_cpu, window_start = _cpu_seconds(sender_pids), time.monotonic()
+        sender_cpu, window_start = cpu_seconds(sender_pids), time.monotonic()
         _log(kind, f"measuring for {args.seconds:g} s")
         children.expect("receiver", "window_end", timeout=args.seconds + 30)
-        sender_cpu = _cpu_seconds(sender_pids) - sender_cpu
+        sender_cpu = cpu_seconds(sender_pids) - sender_cpu
         window = time.monotonic() - window_start
         for name in senders:
             children.send(name, {"type": "pause"})
@@ -238,52 +110,6 @@ def run_recorder(kind: str, args: argparse.Namespace, media_path: Path) -> dict[
         "receiver": result,
         "sent": sent,
         "senders": {"processes": len(senders), "cpuSeconds": sender_cpu, "windowSeconds": window},
-    }
-
-
-def _checkout() -> dict[str, Any] | None:
-    """The git commit of this checkout, and whether rtc_recorder differs from it."""
-
-    def git(*arguments: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(CHECKOUT), *arguments],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-
-    try:
-        return {
-            "commit": git("rev-parse", "HEAD"),
-            "rtcRecorderModified": bool(git("status", "--porcelain", "--", "rtc_recorder")),
-        }
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _environment() -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    model = None
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), None
-            )
-    except OSError:
-        pass
-    return {
-        "checkout": _checkout(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": model,
-        "cpuCount": multiprocessing.cpu_count(),
-        "packages": {name: version(name) for name in ("aiortc", "av", "rtc-recorder", "aiohttp")},
     }
 
 
@@ -378,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
-        "environment": _environment(),
+        "environment": environment(),
         "options": {
             key: str(value) if isinstance(value, Path) else value
             for key, value in vars(args).items()

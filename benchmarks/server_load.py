@@ -24,60 +24,46 @@ Results go to ``OUT/server_load-<date>-<time>.json`` (and ``.log``, the server's
 from __future__ import annotations
 
 import argparse
-import asyncio
-import concurrent.futures
 import contextlib
 import datetime
 import json
-import math
-import os
 import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import av
 import psutil
-from loadbench import files, media, sender
-from loadbench.common import LOOPBACK
-from loadbench.media import AUDIO_PACKET_SAMPLES, AUDIO_RATE, EncodedLoop
-from loadbench.report import MB, percentile, slope
-from recording_load import ChildError, Children, _environment
+from loadbench import media, sender
+from loadbench.monitor import PROBE_INTERVAL, PROBE_TIMEOUT, SAMPLE_INTERVAL, Monitor
+from loadbench.processes import ChildError, Senders, cpu_seconds, groups, machine_busy
+from loadbench.report import MB, environment, mean, percentile, slope
+from loadbench.server import (
+    HANGUP_TIMEOUT,
+    SERVER_READY_TIMEOUT,
+    SERVER_STOP_TIMEOUT,
+    BenchmarkError,
+    Server,
+    free_port,
+    hang_up,
+    log_summary,
+    wait_complete,
+    wait_recording,
+)
+from loadbench.verify import RECORDED_TARGET_PCT, verify
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent
 DEFAULT_OUT = HERE / "results"
-SERVER_WRAPPER = HERE / "loopback_server.py"
-FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 
-PROBE_INTERVAL = 0.1  # seconds between /healthz requests
-PROBE_TIMEOUT = 2.0  # a request slower than this is a failure
-SAMPLE_INTERVAL = 1.0  # seconds between CPU / RSS samples of the server
 IDLE_SECONDS = 2.0  # probing before the first offer: the unloaded baseline
 HEALTHZ_P99_TARGET_MS = 100.0
-RECORDED_TARGET_PCT = 99.0
-SERVER_READY_TIMEOUT = 30.0
-SERVER_STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server's own shutdown timeout is 30 s)
 RECORDING_START_TIMEOUT = 30.0  # from every sender connected to every session recording
-HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
 PHASES = ("idle", "connecting", "recording", "hangup")
 SATURATED = 0.9  # a sample second with the machine at least this busy (share of its cores)
-
-
-class BenchmarkError(RuntimeError):
-    """The run could not be completed (the server or a sender failed, or timed out)."""
 
 
 def _log(text: str) -> None:
@@ -87,464 +73,20 @@ def _log(text: str) -> None:
 # -- the server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """``rtc-recorder serve --auto-record`` as a subprocess, through the loopback wrapper.
-
-    It runs in a session of its own (a Ctrl-C in the terminal does not reach it: this
-    process sends the one SIGTERM that finalizes the recordings) and with its stdin a pipe
-    from this process: if this process dies, the pipe closes and the server stops itself.
-    """
-
-    def __init__(self, port: int, recordings: Path, log_path: Path) -> None:
-        self.port = port
-        self.recordings = recordings
-        self.log_path = log_path
-        self.command = [
-            sys.executable,
-            str(SERVER_WRAPPER),
-            "--stop-on-stdin-eof",
-            "--port",
-            str(port),
-            "--recordings",
-            str(recordings),
-            "--auto-record",
-            "--log-format",
-            "json",
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def url(self, path: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}{path}"
-
-    def start(self) -> None:
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
-        self.process = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=CHECKOUT,
-        )
-
-    def check(self) -> None:
-        """Raise if the server has exited."""
-        assert self.process is not None
-        code = self.process.poll()
-        if code is not None:
-            raise BenchmarkError(f"the server exited (status {code}); see {self.log_path}")
-
-    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-        """One HTTP request to the server: its status and JSON body."""
-        request = urllib.request.Request(self.url(path), method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            body = error.read()
-            with contextlib.suppress(ValueError):
-                return error.code, json.loads(body or b"null")
-            return error.code, body.decode(errors="replace")
-
-    def wait_ready(self, timeout: float) -> float:
-        """Seconds until ``/healthz`` answers."""
-        started = time.monotonic()
-        while True:
-            self.check()
-            with contextlib.suppress(OSError):
-                status, _ = self.request("GET", "/healthz", timeout=1.0)
-                if status == 200:
-                    return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise BenchmarkError(f"the server did not answer /healthz within {timeout:g} s")
-            time.sleep(0.1)
-
-    def sessions(self) -> list[dict[str, Any]]:
-        """``GET /api/sessions``."""
-        status, body = self.request("GET", "/api/sessions")
-        if status != 200 or not isinstance(body, list):
-            raise BenchmarkError(f"/api/sessions answered {status}: {body}")
-        return body
-
-    def stop(self, timeout: float) -> dict[str, Any]:
-        """SIGTERM, then wait for the exit: its status and how long it took."""
-        assert self.process is not None
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        killed = False
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(10)
-            killed = True
-        return {"exitCode": code, "seconds": time.monotonic() - started, "killed": killed}
-
-    def close(self) -> None:
-        """Leave no server running (SIGTERM, then SIGKILL after :data:`SERVER_STOP_TIMEOUT`)."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(SERVER_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-
 # -- the senders -----------------------------------------------------------------------------
-
-
-class Senders(Children):
-    """The sender processes (see :class:`recording_load.Children`), with a liveness check."""
-
-    def check(self) -> None:
-        """Raise :class:`ChildError` if a sender reported an error or has exited."""
-        self._collect()
-        for name, process in self._processes.items():
-            if not process.is_alive():
-                raise ChildError(f"{name} exited (status {process.exitcode})")
-
-
-def _groups(sessions: int, per_sender: int) -> Iterator[tuple[int, ...]]:
-    for first in range(0, sessions, per_sender):
-        yield tuple(range(first, min(first + per_sender, sessions)))
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def _machine_busy(times: Any) -> float:
-    """Non-idle CPU seconds in a ``psutil.cpu_times()`` (guest time is counted in user)."""
-    skip = ("idle", "iowait", "guest", "guest_nice")
-    return float(sum(getattr(times, name) for name in times._fields if name not in skip))
 
 
 # -- the monitor: /healthz probes, CPU and RSS samples ---------------------------------------
 
 
-@dataclass
-class Probe:
-    """One ``GET /healthz``: when it started (seconds from the monitor's start), the phase
-    of the run, how long it took, and whether it succeeded."""
-
-    at: float
-    phase: str
-    ms: float
-    ok: bool
-    error: str | None = None
-
-
-@dataclass
-class Sample:
-    """One sample interval: the server process (CPU in cores, RSS, threads, involuntary
-    context switches per second: how often it was preempted), the CPU of the senders, of
-    this script, of the kernel's interrupt handling (irq + softirq: the loopback network
-    mostly), stolen by the hypervisor, and of every other process (the machine's busy CPU
-    minus all those), and the share of the interval in which some runnable task waited for
-    a CPU (Linux PSI ``/proc/pressure/cpu``, None where unavailable)."""
-
-    at: float
-    phase: str
-    cpu_cores: float
-    rss_bytes: int
-    threads: int
-    preemptions_per_second: float
-    senders_cpu_cores: float
-    self_cpu_cores: float
-    other_cpu_cores: float
-    interrupts_cpu_cores: float
-    steal_cpu_cores: float
-    machine_busy_cores: float
-    cpu_pressure: float | None
-
-
-def _cpu_pressure_seconds() -> float | None:
-    """Total seconds some task waited for a CPU since boot (PSI), None without PSI."""
-    try:
-        with open("/proc/pressure/cpu") as pressure:
-            some = pressure.readline().split()
-        return int(some[-1].split("=")[1]) / 1e6
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-@dataclass
-class _Counters:
-    """Cumulative counters read at one instant (see :class:`Sample`)."""
-
-    at: float
-    server: float
-    preemptions: int
-    senders: float
-    own: float
-    machine: float
-    interrupts: float
-    steal: float
-    pressure: float | None
-
-    def rates(self, later: _Counters) -> dict[str, float]:
-        """Each counter's increase per second from this reading to ``later`` (no
-        ``pressure`` without PSI)."""
-        elapsed = later.at - self.at
-        rates = {}
-        names = ("server", "preemptions", "senders", "own", "machine", "interrupts", "steal")
-        for name in (*names, "pressure"):
-            first, last = getattr(self, name), getattr(later, name)
-            if first is not None and last is not None:
-                rates[name] = round((last - first) / elapsed, 4)
-        return rates
-
-
-@dataclass
-class Monitor:
-    """A thread with its own event loop that requests ``/healthz`` every
-    :data:`PROBE_INTERVAL` (on a fixed schedule: a slow answer does not delay the next
-    request, so a stall shows in every request it holds up) over a new connection each time,
-    and samples the server's CPU and RSS every :data:`SAMPLE_INTERVAL`. ``phase`` (set by the
-    orchestrator) labels each probe and sample."""
-
-    healthz_url: str
-    server_pid: int
-    phase: str = "idle"
-    probes: list[Probe] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    # Set once the senders are started: all their CPU from then on counts as theirs.
-    sender_pids: list[int] = field(default_factory=list)
-    late_launches: int = 0  # probes started > 50 ms after their slot (this thread starved)
-    error: str | None = None
-
-    def __post_init__(self) -> None:
-        self.origin = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopping: asyncio.Event | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise BenchmarkError("the monitor thread did not start")
-
-    def stop(self) -> None:
-        """Stop probing (requests in flight finish first, within the timeout) and sampling."""
-        loop, stopping = self._loop, self._stopping
-        if loop is not None and stopping is not None and self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(stopping.set)
-        self._thread.join(PROBE_TIMEOUT + 5)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except Exception as error:  # reported in the results; the run goes on
-            self.error = repr(error)
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
-        self._ready.set()
-        connector = aiohttp.TCPConnector(force_close=True, limit=0)
-        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            await asyncio.gather(self._probe_loop(http), self._sample_loop())
-
-    async def _wait_stop(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; True if stopping was asked meanwhile."""
-        assert self._stopping is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, delay)):
-                await self._stopping.wait()
-        return self._stopping.is_set()
-
-    async def _probe_loop(self, http: aiohttp.ClientSession) -> None:
-        pending: set[asyncio.Task[None]] = set()
-        slot = time.monotonic()
-        while True:
-            if time.monotonic() - slot > 0.05:
-                self.late_launches += 1
-            task = asyncio.create_task(self._probe(http, self.phase))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            slot += PROBE_INTERVAL
-            if time.monotonic() > slot:  # behind by a whole slot: start again from now
-                slot = time.monotonic()
-            if await self._wait_stop(slot - time.monotonic()):
-                break
-        if pending:
-            await asyncio.gather(*pending)
-
-    async def _probe(self, http: aiohttp.ClientSession, phase: str) -> None:
-        at = time.monotonic() - self.origin
-        started = time.perf_counter()
-        ok, error = False, None
-        try:
-            async with http.get(self.healthz_url) as response:
-                body = await response.json()
-                ok = response.status == 200 and body.get("status") == "ok"
-                if not ok:
-                    error = f"HTTP {response.status}: {body}"
-        except TimeoutError:
-            error = "timeout"
-        except (aiohttp.ClientError, ValueError, AttributeError) as exc:
-            error = repr(exc)
-        ms = 1000 * (time.perf_counter() - started)
-        if ok and ms > 1000 * PROBE_TIMEOUT:
-            ok, error = False, "slower than the timeout"
-        self.probes.append(Probe(round(at, 4), phase, round(ms, 3), ok, error))
-
-    def _read(self, server: psutil.Process) -> _Counters:
-        times = server.cpu_times()
-        own = psutil.Process().cpu_times()
-        machine = psutil.cpu_times()
-        return _Counters(
-            at=time.monotonic(),
-            server=times.user + times.system,
-            preemptions=server.num_ctx_switches().involuntary,
-            senders=_cpu_seconds(list(self.sender_pids)),
-            own=own.user + own.system,
-            machine=_machine_busy(machine),
-            interrupts=getattr(machine, "irq", 0.0) + getattr(machine, "softirq", 0.0),
-            steal=getattr(machine, "steal", 0.0),
-            pressure=_cpu_pressure_seconds(),
-        )
-
-    async def _sample_loop(self) -> None:
-        try:
-            server = psutil.Process(self.server_pid)
-            before = self._read(server)
-        except psutil.Error:
-            return
-        while not await self._wait_stop(SAMPLE_INTERVAL - (time.monotonic() - before.at)):
-            try:
-                after = self._read(server)
-                rss, threads = server.memory_info().rss, server.num_threads()
-            except psutil.Error:
-                return  # the server exited
-            rates = before.rates(after)
-            accounted = sum(
-                rates[name] for name in ("server", "senders", "own", "interrupts", "steal")
-            )
-            self.samples.append(
-                Sample(
-                    at=round(after.at - self.origin, 3),
-                    phase=self.phase,
-                    cpu_cores=rates["server"],
-                    rss_bytes=int(rss),
-                    threads=int(threads),
-                    preemptions_per_second=rates["preemptions"],
-                    senders_cpu_cores=rates["senders"],
-                    self_cpu_cores=rates["own"],
-                    other_cpu_cores=round(max(0.0, rates["machine"] - accounted), 4),
-                    interrupts_cpu_cores=rates["interrupts"],
-                    steal_cpu_cores=rates["steal"],
-                    machine_busy_cores=rates["machine"],
-                    cpu_pressure=rates.get("pressure"),
-                )
-            )
-            before = after
-
-
 # -- one run ----------------------------------------------------------------------------------
-
-
-def _wait_recording(server: Server, count: int, timeout: float) -> list[dict[str, Any]]:
-    """``/api/sessions`` once ``count`` sessions are connected and recording."""
-    started = time.monotonic()
-    while True:
-        server.check()
-        listed = server.sessions()
-        recording = [
-            s
-            for s in listed
-            if s["connectionState"] == "connected" and s["recorderState"] == "recording"
-        ]
-        if len(recording) >= count:
-            return listed
-        if time.monotonic() - started > timeout:
-            states = [(s["id"], s["connectionState"], s["recorderState"]) for s in listed]
-            raise BenchmarkError(
-                f"{len(recording)} of {count} sessions recording after {timeout:g} s: {states}"
-            )
-        time.sleep(0.1)
-
-
-def _hang_up(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """``DELETE /api/sessions/{id}`` for every session at once (each answers once its
-    recording is finalized): status and seconds per session."""
-
-    def delete(session_id: str) -> dict[str, Any]:
-        started = time.monotonic()
-        try:
-            status, body = server.request(
-                "DELETE", f"/api/sessions/{session_id}", timeout=HANGUP_TIMEOUT
-            )
-        except OSError as error:
-            status, body = None, repr(error)
-        return {"status": status, "body": body, "seconds": time.monotonic() - started}
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        return dict(zip(ids, pool.map(delete, ids), strict=True))
-
-
-def _sidecars(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every recording's sidecar in ``folder``, by its file name."""
-    found = {}
-    for sidecar in sorted(folder.glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads(sidecar.read_text())
-            if isinstance(meta, dict):
-                found[sidecar.name.removesuffix(".json")] = meta
-    return found
-
-
-def _wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
-    """Seconds until the sidecar of every session's recording says "complete" (or
-    "failed"); the timeout leaves the states as they are for the verification."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        final = {
-            meta.get("session")
-            for meta in _sidecars(folder).values()
-            if meta.get("state") in ("complete", "failed")
-        }
-        if sessions <= final:
-            break
-        time.sleep(0.2)
-    return time.monotonic() - started
 
 
 def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
     """Start the server and the senders, load it for ``--seconds``, hang up, stop it; the
     raw measurements (the files are verified afterwards)."""
     recordings = workdir / "recordings"
-    server = Server(_free_port(), recordings, workdir / "server.log")
+    server = Server(free_port(), recordings, workdir / "server.log")
     senders = Senders()
     monitor: Monitor | None = None
     connect_timeout = args.connect_timeout or 20.0 + 2.0 * args.sessions
@@ -561,7 +103,7 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         monitor.phase = "connecting"
         connecting = time.monotonic()
         offer_url = server.url("/offer")
-        for index, numbers in enumerate(_groups(args.sessions, args.sessions_per_sender)):
+        for index, numbers in enumerate(groups(args.sessions, args.sessions_per_sender)):
             senders.start(
                 f"sender-{index}",
                 sender.run,
@@ -573,13 +115,13 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         for name in names:
             senders.expect(name, "connected", timeout=connect_timeout + 10)
         raw["sendersConnectedSeconds"] = time.monotonic() - connecting
-        raw["sessionsAtStart"] = _wait_recording(server, args.sessions, RECORDING_START_TIMEOUT)
+        raw["sessionsAtStart"] = wait_recording(server, args.sessions, RECORDING_START_TIMEOUT)
         raw["allRecordingSeconds"] = time.monotonic() - connecting
         _log(f"all {args.sessions} recording after {raw['allRecordingSeconds']:.1f} s")
 
         monitor.phase = "recording"
         sender_pids = [senders.pid(name) for name in names]
-        sender_cpu, machine = _cpu_seconds(sender_pids), psutil.cpu_times()
+        sender_cpu, machine = cpu_seconds(sender_pids), psutil.cpu_times()
         started = time.monotonic()
         _log(f"loading for {args.seconds:g} s")
         while (remaining := args.seconds - (time.monotonic() - started)) > 0:
@@ -589,9 +131,8 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         window = time.monotonic() - started
         raw["window"] = {
             "seconds": window,
-            "senderCpuCores": (_cpu_seconds(sender_pids) - sender_cpu) / window,
-            "machineBusyCores": (_machine_busy(psutil.cpu_times()) - _machine_busy(machine))
-            / window,
+            "senderCpuCores": (cpu_seconds(sender_pids) - sender_cpu) / window,
+            "machineBusyCores": (machine_busy(psutil.cpu_times()) - machine_busy(machine)) / window,
             "machineCores": psutil.cpu_count(),
             "senderProcesses": len(names),
         }
@@ -607,9 +148,9 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         time.sleep(args.drain)  # what was sent reaches the recorders
         ids = [s["id"] for s in raw["sessionsAtEnd"]]
         hangup = time.monotonic()
-        raw["hangups"] = _hang_up(server, ids)
+        raw["hangups"] = hang_up(server, ids)
         raw["hangupSeconds"] = time.monotonic() - hangup
-        raw["sidecarWaitSeconds"] = _wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
+        raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         _log(f"hung up {len(ids)} sessions in {raw['hangupSeconds']:.2f} s")
         raw["sessionsAfterHangup"] = server.sessions()
         for name in names:
@@ -633,226 +174,6 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
 # -- verification -----------------------------------------------------------------------------
 
 
-def _ffmpeg_errors(path: Path) -> str:
-    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
-    result = subprocess.run(
-        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode and not output:
-        output = f"ffmpeg exited with status {result.returncode}"
-    return output
-
-
-class LoopIndex:
-    """Finds which packet of the sent loop a recorded packet is, by its bytes: pass-through
-    recording keeps them exactly as they were sent (every packet of the loop differs)."""
-
-    def __init__(self, packets: list[bytes]) -> None:
-        self.length = len(packets)
-        self._where = {data: index for index, data in enumerate(packets)}
-
-    def position(self, data: bytes) -> int | None:
-        """The packet's index in the loop, None if it is not one of the loop's."""
-        return self._where.get(data)
-
-    def locate(self, position: int, near: float, sent: int) -> int:
-        """The absolute index (0 = the session's first packet) of the sent packet at loop
-        ``position`` nearest to index ``near`` (the loop lasts 10 s; the hint is far better
-        than that)."""
-        turn = round((near - position) / self.length)
-        candidates = [position + (turn + step) * self.length for step in (-1, 0, 1)]
-        valid = [c for c in candidates if 0 <= c < sent] or candidates
-        return min(valid, key=lambda candidate: abs(candidate - near))
-
-
-@dataclass
-class Positions:
-    """The loop position of every packet of a recording, per kind, in file order (None for
-    a packet that is not one the senders send: transcoded, or damaged)."""
-
-    index: dict[str, LoopIndex]
-    found: dict[str, list[int | None]] = field(default_factory=dict)
-
-    def see(self, kind: str, packet: av.Packet[Any]) -> None:
-        self.found.setdefault(kind, []).append(self.index[kind].position(bytes(packet)))
-
-
-def _walk(positions: list[int | None], first: int, length: int) -> dict[str, Any]:
-    """Follow the recorded packets through the sent ones from absolute index ``first``:
-    the gaps (``[index, packets missing]``), repeats, packets out of order, packets not
-    identified, and the absolute index of the last one."""
-    current, gaps, repeated, disordered, unknown = first, [], 0, 0, 0
-    for position in positions[1:]:
-        if position is None:
-            unknown += 1
-            continue
-        step = (position - current) % length
-        if step == 0:
-            repeated += 1
-        elif step > length // 2:  # behind the previous packet
-            disordered += 1
-        else:
-            if step > 1:
-                gaps.append([current + 1, step - 1])
-            current += step
-    return {
-        "last": current,
-        "gaps": gaps,
-        "repeated": repeated,
-        "outOfOrder": disordered,
-        "unidentified": unknown,
-    }
-
-
-def _account(
-    sent: int,
-    interval: float,
-    offset: float,
-    positions: list[int | None],
-    index: LoopIndex,
-    keyframes: list[bool] | None,
-) -> dict[str, Any]:
-    """What one track sent while recording, against what its file holds (``positions``).
-
-    ``offset`` is the recording's start in seconds from the session's first packet (packet
-    ``i`` was due at ``i * interval``). Counted as sent while recording: from the first
-    packet due at or after the start (for video, the first keyframe from there on;
-    ``keyframes`` are the loop's flags) to the last packet sent, or from the first
-    recorded packet if that one was sent earlier."""
-    first_due = max(0, math.ceil(offset / interval - 1e-9))
-    start = first_due
-    if keyframes is not None:
-        while start < sent and not keyframes[start % len(keyframes)]:
-            start += 1
-    first = None
-    if positions and positions[0] is not None:
-        first = index.locate(positions[0], offset / interval, sent)
-    counted_from = start if first is None else min(start, first)
-    expected = max(0, sent - counted_from)
-    recorded = len(positions)
-    result: dict[str, Any] = {
-        "sent": sent,
-        "sentWhileRecording": expected,
-        "recorded": recorded,
-        "recordedPct": 100.0 * recorded / expected if expected else None,
-        "countedFrom": counted_from,
-        "firstDueAfterStart": first_due,
-        "firstRecorded": first,
-    }
-    if keyframes is not None:
-        result["firstKeyframeAfterStart"] = start
-        result["notCountedBeforeKeyframe"] = max(0, counted_from - first_due)
-    if first is not None:
-        walk = _walk(positions, first, index.length)
-        result.update(
-            {
-                "startToFirstRecordedSeconds": first * interval - offset,
-                "lastRecorded": walk["last"],
-                "missingAtStart": first - counted_from,
-                "missingInside": sum(count for _, count in walk["gaps"]),
-                "missingAtEnd": sent - 1 - walk["last"],
-                "gaps": [[round(i * interval, 3), count] for i, count in walk["gaps"][:50]],
-                **{k: walk[k] for k in ("repeated", "outOfOrder", "unidentified")},
-            }
-        )
-    return result
-
-
-def verify_session(
-    number: str,
-    sent: dict[str, Any],
-    sidecars: dict[str, dict[str, Any]],
-    folder: Path,
-    loop: EncodedLoop,
-    indexes: dict[str, LoopIndex],
-    decode: bool,
-    ffmpeg_output: dict[Path, str],
-) -> dict[str, Any]:
-    """Everything about one session's recording: the sidecar, ffmpeg's verdict, the
-    packets PyAV reads, and the counts against what its sender sent."""
-    session_id = sent.get("serverSession")
-    named = [(name, meta) for name, meta in sidecars.items() if meta.get("session") == session_id]
-    result: dict[str, Any] = {"session": int(number), "serverSession": session_id}
-    if len(named) != 1:
-        result["error"] = f"{len(named)} recordings for server session {session_id}"
-        result["complete"] = False
-        return result
-    name, meta = named[0]
-    path = folder / name
-    positions = Positions(indexes)
-    inspected = files.inspect(path, decode=decode, on_packet=positions.see)
-    started = datetime.datetime.fromisoformat(str(meta["created"])).timestamp()
-    offset = started - float(sent["firstPacketWallclock"])
-    video = _account(
-        sent["video"],
-        1 / loop.spec.fps,
-        offset,
-        positions.found.get("video", []),
-        indexes["video"],
-        loop.video_keyframes,
-    )
-    audio = _account(
-        sent["audio"],
-        AUDIO_PACKET_SAMPLES / AUDIO_RATE,
-        offset,
-        positions.found.get("audio", []),
-        indexes["audio"],
-        None,
-    )
-    errors = ffmpeg_output.get(path, "not checked")
-    clean = not errors and inspected["error"] is None and not inspected["decodeErrors"]
-    connected = sent.get("connectedWallclock")
-    result.update(
-        {
-            "file": name,
-            "bytes": inspected["bytes"],
-            "sidecarState": meta.get("state"),
-            "sidecarDuration": meta.get("duration"),
-            "fileSeconds": {k: inspected[k]["seconds"] for k in ("video", "audio")},
-            "sentWhileRecordingSeconds": video["sentWhileRecording"] / loop.spec.fps,
-            "recordingStartAfterFirstPacket": offset,
-            "recordingStartAfterConnected": None if connected is None else started - connected,
-            "ffmpeg": errors,
-            "pyav": {k: inspected[k] for k in ("error", "decodeErrors")},
-            "decoded": {k: inspected[k]["decoded"] for k in ("video", "audio")},
-            "codecs": {k: inspected[k]["codec"] for k in ("video", "audio")},
-            "clean": clean,
-            "video": video,
-            "audio": audio,
-        }
-    )
-    result["complete"] = bool(
-        clean
-        and meta.get("state") == "complete"
-        and all(
-            track["recordedPct"] is not None and track["recordedPct"] >= RECORDED_TARGET_PCT
-            for track in (video, audio)
-        )
-    )
-    return result
-
-
-def verify(
-    raw: dict[str, Any], folder: Path, media_path: Path, decode: bool
-) -> list[dict[str, Any]]:
-    """Check every session's recording (ffmpeg on all cores, then PyAV one by one)."""
-    loop = media.load(media_path)
-    indexes = {"video": LoopIndex(loop.video), "audio": LoopIndex(loop.audio)}
-    sidecars = _sidecars(folder)
-    paths = [folder / name for name in sidecars if (folder / name).exists()]
-    _log(f"checking {len(paths)} recordings with ffmpeg and PyAV …")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        ffmpeg_output = dict(zip(paths, pool.map(_ffmpeg_errors, paths), strict=True))
-    return [
-        verify_session(number, sent, sidecars, folder, loop, indexes, decode, ffmpeg_output)
-        for number, sent in sorted(raw.get("sent", {}).items(), key=lambda item: int(item[0]))
-    ]
-
-
 # -- summary and table -------------------------------------------------------------------------
 
 
@@ -871,36 +192,6 @@ def latency(probes: list[dict[str, Any]]) -> dict[str, Any]:
         "maxMs": max((p["ms"] for p in probes), default=None),
         "over100Ms": sum(v >= HEALTHZ_P99_TARGET_MS for v in values),
         "errors": sorted({str(p["error"]) for p in failures})[:10],
-    }
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def _server_log(path: Path) -> dict[str, Any]:
-    """Warnings and errors in the server's log (JSON lines; other lines are kept too)."""
-    problems: list[str] = []
-    other: list[str] = []
-    events: dict[str, int] = {}
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                if line.strip():
-                    other.append(line)
-                continue
-            if not isinstance(entry, dict):
-                continue
-            events[str(entry.get("event"))] = events.get(str(entry.get("event")), 0) + 1
-            if entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
-                problems.append(line)
-    return {
-        "warningsOrErrors": len(problems),
-        "unstructuredLines": len(other),
-        "examples": (problems + other)[:20],
-        "events": events,
     }
 
 
@@ -966,22 +257,22 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
         "sessionsRecorded": len(checked),
         "windowSeconds": raw.get("window", {}).get("seconds"),
         "healthz": healthz,
-        "serverCpuCoresMean": _mean([s["cpu_cores"] for s in window]),
+        "serverCpuCoresMean": mean([s["cpu_cores"] for s in window]),
         "serverCpuCoresPeak": max((s["cpu_cores"] for s in window), default=None),
-        "serverRssMBMean": _mean([s["rss_bytes"] / MB for s in window]),
+        "serverRssMBMean": mean([s["rss_bytes"] / MB for s in window]),
         "serverRssMBPeak": max((s["rss_bytes"] / MB for s in window), default=None),
         "serverRssSlopeMBPerMin": slope([(x["at"] / 60, x["rss_bytes"] / MB) for x in window]),
         "serverRssMBPeakWholeRun": max((s["rss_bytes"] / MB for s in every), default=None),
-        "serverRssMBIdle": _mean([s["rss_bytes"] / MB for s in every if s["phase"] == "idle"]),
+        "serverRssMBIdle": mean([s["rss_bytes"] / MB for s in every if s["phase"] == "idle"]),
         "serverThreadsPeak": max((s["threads"] for s in every), default=None),
-        "serverPreemptionsPerSecondMean": _mean([s["preemptions_per_second"] for s in window]),
-        "machineBusyCoresMean": _mean([s["machine_busy_cores"] for s in window]),
-        "sendersCpuCoresMean": _mean([s["senders_cpu_cores"] for s in window]),
-        "scriptCpuCoresMean": _mean([s["self_cpu_cores"] for s in window]),
-        "otherCpuCoresMean": _mean([s["other_cpu_cores"] for s in window]),
-        "interruptsCpuCoresMean": _mean([s["interrupts_cpu_cores"] for s in window]),
-        "stealCpuCoresMean": _mean([s["steal_cpu_cores"] for s in window]),
-        "cpuPressureMean": _mean(pressure),
+        "serverPreemptionsPerSecondMean": mean([s["preemptions_per_second"] for s in window]),
+        "machineBusyCoresMean": mean([s["machine_busy_cores"] for s in window]),
+        "sendersCpuCoresMean": mean([s["senders_cpu_cores"] for s in window]),
+        "scriptCpuCoresMean": mean([s["self_cpu_cores"] for s in window]),
+        "otherCpuCoresMean": mean([s["other_cpu_cores"] for s in window]),
+        "interruptsCpuCoresMean": mean([s["interrupts_cpu_cores"] for s in window]),
+        "stealCpuCoresMean": mean([s["steal_cpu_cores"] for s in window]),
+        "cpuPressureMean": mean(pressure),
         "cpuPressureMax": max(pressure, default=None),
         "machineCores": raw.get("window", {}).get("machineCores"),
         "slowProbes": slow,
@@ -993,10 +284,10 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
         "recordingsFinalized": len(finalized),
         "recordingsComplete": len(complete),
         "videoRecordedPctMin": min(pct["video"], default=None),
-        "videoRecordedPctMean": _mean(pct["video"]),
+        "videoRecordedPctMean": mean(pct["video"]),
         "audioRecordedPctMin": min(pct["audio"], default=None),
-        "audioRecordedPctMean": _mean(pct["audio"]),
-        "startToFirstKeyframeSecondsMean": _mean(startup),
+        "audioRecordedPctMean": mean(pct["audio"]),
+        "startToFirstKeyframeSecondsMean": mean(startup),
         "startToFirstKeyframeSecondsMax": max(startup, default=None),
         "allRecordingSeconds": raw.get("allRecordingSeconds"),
         "hangupSeconds": raw.get("hangupSeconds"),
@@ -1228,9 +519,10 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"server log: {args.out / f'{stem}.log'}")
             return 1
         recordings = workdir / "recordings"
+        _log("checking the recordings with ffmpeg and PyAV …")
         checked = verify(raw, recordings, media_path, args.decode)
         summary = summarise(raw, checked, args.sessions)
-        summary["serverLog"] = _server_log(workdir / "server.log")
+        summary["serverLog"] = log_summary(workdir / "server.log")
         shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
         if args.keep_recordings:
             kept = args.out / f"{stem}-recordings"
@@ -1243,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
-        "environment": _environment(),
+        "environment": environment(),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "media": media_info,
         "targets": {

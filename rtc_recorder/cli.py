@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from .server import settings as server_settings
 from .server.app import create_app
+from .server.lifecycle import serve as serve_until_signal
+
+EXIT_UNFINISHED = 1  # SIGTERM left a recording unfinished (its storage stopped answering)
 
 
 class StructuredFormatter(logging.Formatter):
@@ -53,7 +56,8 @@ def configure_logging(log_format: str) -> None:
 
 
 def serve(argv: Sequence[str]) -> int:
-    """Run the server until SIGINT/SIGTERM; every recording is finalized before exit."""
+    """Run the server until SIGINT/SIGTERM; every recording is finalized before exit, or
+    given up after ``--shutdown-timeout`` seconds (then the exit status is 1)."""
     try:
         settings = server_settings.parse(argv)
     except ValueError as exc:
@@ -77,15 +81,14 @@ def serve(argv: Sequence[str]) -> int:
             }
         },
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_context=context,
-        print=None,
-        shutdown_timeout=30,
-        access_log=None,
-    )
+    runner = asyncio.Runner()
+    unfinished = runner.run(serve_until_signal(create_app(settings), settings, context))
+    if unfinished:
+        # A writer thread still blocked in the storage could hold the interpreter's exit
+        # (thread pools are joined): leave now, the logs flushed.
+        logging.shutdown()
+        os._exit(EXIT_UNFINISHED)
+    runner.close()
     return 0
 
 

@@ -31,10 +31,24 @@ from .media import Clock, SyntheticAudio, SyntheticVideo, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Admission by load is off in servers the tests start, unless a test sets a limit: in
+# process, the test's publishers run on the server's event loop, so the load the server
+# measures is the test's own; in a process of its own, on a shared machine saturated by
+# other work, the server would refuse the sessions of tests that check something else.
+# (tests/test_operations.py and tests/test_admission.py test the admission itself.)
+NO_LOAD_LIMITS = {
+    "admission_loop_lag": 0.0,
+    "admission_loop_busy": 0.0,
+    "admission_cpu": 0.0,
+    "admission_udp_drops": 0.0,
+}
+NO_LOAD_LIMITS_ENV = {f"RTC_RECORDER_{name.upper()}": "0" for name in NO_LOAD_LIMITS}
+
+
 @asynccontextmanager
 async def running_app(**settings: Any) -> AsyncIterator[TestClient[Any, Any]]:
-    """The server's application behind aiohttp's test client."""
-    client = TestClient(TestServer(create_app(Settings(**settings))))
+    """The server's application behind aiohttp's test client (see :data:`NO_LOAD_LIMITS`)."""
+    client = TestClient(TestServer(create_app(Settings(**{**NO_LOAD_LIMITS, **settings}))))
     await client.start_server()
     try:
         yield client
@@ -131,7 +145,8 @@ async def server_process(
     ``cwd``); yields it and its base URL once it answers ``/healthz`` (over HTTPS with
     ``ssl_context``). Without ``recordings`` the server keeps its default folder. Its log
     goes to a file (a pipe nobody drains could fill and stall the server): read it with
-    :func:`server_log`."""
+    :func:`server_log`. Admission by load is off unless ``args`` or ``env`` set a limit (see
+    :data:`NO_LOAD_LIMITS`)."""
     port = port or free_port()
     folder = ["--recordings", str(recordings)] if recordings is not None else []
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
@@ -142,7 +157,7 @@ async def server_process(
         cwd=cwd,
         stderr=log,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(pythonpath), **(env or {})},
+        env={**os.environ, "PYTHONPATH": str(pythonpath), **NO_LOAD_LIMITS_ENV, **(env or {})},
         preexec_fn=preexec_fn,
     )
     _logs[process.pid] = Path(log.name)

@@ -26,7 +26,7 @@ from rtc_recorder.server.app import create_app
 from rtc_recorder.server.settings import Settings
 
 from .media import duration, ffmpeg_errors, probe
-from .server_support import ROOT, publish
+from .server_support import NO_LOAD_LIMITS, ROOT, publish
 
 EXAMPLES = 300
 # aiortc and aioice, running in the server's thread, use the random module while
@@ -58,7 +58,11 @@ class LiveServer:
         self.runner = web.AppRunner(
             create_app(
                 Settings(
-                    recordings=self.folder, max_body=64 * 1024, max_sessions=1000, idle_timeout=5
+                    recordings=self.folder,
+                    max_body=64 * 1024,
+                    max_sessions=1000,
+                    idle_timeout=5,
+                    **NO_LOAD_LIMITS,
                 )
             )
         )

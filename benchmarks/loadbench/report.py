@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
+import multiprocessing
+import platform
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 MB = 2**20
+CHECKOUT = Path(__file__).resolve().parent.parent.parent
 MEDIA_KINDS = ("video", "audio")
 
 
@@ -249,3 +255,53 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines.extend(f"\n{note}" for note in notes)
     return "\n".join(lines)
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def checkout() -> dict[str, Any] | None:
+    """The git commit of this checkout, and whether rtc_recorder differs from it."""
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(CHECKOUT), *arguments],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+
+    try:
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "rtcRecorderModified": bool(git("status", "--porcelain", "--", "rtc_recorder")),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment() -> dict[str, Any]:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    model = None
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), None
+            )
+    except OSError:
+        pass
+    return {
+        "checkout": checkout(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": model,
+        "cpuCount": multiprocessing.cpu_count(),
+        "packages": {name: version(name) for name in ("aiortc", "av", "rtc-recorder", "aiohttp")},
+    }

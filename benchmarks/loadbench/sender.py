@@ -5,9 +5,12 @@ Each session is one ``RTCPeerConnection`` with a VP8 and an Opus track that hand
 costs RTP, SRTP and pacing, never encoding. Packets are paced in real time from the
 session's first packet; timestamps keep increasing across loops.
 
-Talks to the orchestrator over its pipe: ``connected`` once every session is; on ``pause``
-all tracks stop handing out packets and the counts sent are reported (``sent``); on
-``close`` (or a signal, or the pipe closing) the peer connections are closed.
+Talks to the orchestrator over its pipe: ``connected`` once every session is; then, on
+``open`` (with a session ``number``), one more session is offered and ``opened`` answers
+with the server's status (a refusal is reported, not an error: its peer connection is
+closed); on ``pause`` all tracks stop handing out packets and the counts sent by the
+sessions the server took are reported (``sent``); on ``close`` (or a signal, or the pipe
+closing) the peer connections are closed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ class SenderConfig:
     sessions: tuple[int, ...]
     media_path: str
     connect_timeout: float
+
+
+class Refused(RuntimeError):
+    """The server answered an offer with something else than 200."""
+
+    def __init__(self, number: int, status: int, retry_after: str | None, body: str) -> None:
+        super().__init__(f"session {number}: /offer answered {status}: {body[:200]}")
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
 
 
 class Gate:
@@ -188,7 +201,8 @@ async def _open_session(
     offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": number}
     async with http.post(url, json=offer) as response:
         if response.status != 200:
-            raise RuntimeError(f"session {number}: /offer answered {response.status}")
+            retry_after = response.headers.get("Retry-After")
+            raise Refused(number, response.status, retry_after, await response.text())
         answer = await response.json()
     session.server_session = answer.get("session")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
@@ -208,7 +222,9 @@ async def _main(channel: Channel, config: SenderConfig) -> None:
                     _open_session(number, media, gate, http, config.offer_url, sessions)
                 )
         channel.send({"type": "connected", "sender": config.index})
-        await channel.receive("pause")
+        while (message := await channel.receive("open", "pause"))["type"] == "open":
+            opened = await _open_one(message["number"], media, gate, http, config, sessions)
+            channel.send({"type": "opened", **opened})
         gate.open = False
         channel.send(
             {"type": "sent", "sessions": {str(s.number): s.counts() for s in sessions}},
@@ -221,6 +237,35 @@ async def _main(channel: Channel, config: SenderConfig) -> None:
             session.audio.stop()
         async with asyncio.timeout(CLOSE_TIMEOUT):
             await asyncio.gather(*(s.pc.close() for s in sessions), return_exceptions=True)
+
+
+async def _open_one(
+    number: int,
+    media: EncodedLoop,
+    gate: Gate,
+    http: aiohttp.ClientSession,
+    config: SenderConfig,
+    sessions: list[Session],
+) -> dict[str, Any]:
+    """Offer one more session: the server's status, and its session id once connected (a
+    refused session is closed and forgotten)."""
+    try:
+        async with asyncio.timeout(config.connect_timeout):
+            await _open_session(number, media, gate, http, config.offer_url, sessions)
+    except Refused as refused:
+        session = next(s for s in sessions if s.number == number)
+        sessions.remove(session)
+        session.video.stop()
+        session.audio.stop()
+        await session.pc.close()
+        return {
+            "number": number,
+            "status": refused.status,
+            "retryAfter": refused.retry_after,
+            "body": refused.body,
+        }
+    session = next(s for s in sessions if s.number == number)
+    return {"number": number, "status": 200, "session": session.server_session}
 
 
 def run(connection: Connection, config: SenderConfig) -> None:

@@ -7,14 +7,17 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry
 
 from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..mimetype import is_type_supported, supported_types
+from . import operations
+from .operations import REGISTRY
 from .recordings import RecordingStore, UnknownRecording
 from .sessions import BadOffer, Session, SessionManager, TooManySessions
 from .settings import Settings
@@ -33,7 +36,7 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location",
     "Access-Control-Max-Age": "86400",
 }
-PROTECTED = ("/api", "/offer", "/whip", "/recordings")
+PROTECTED = ("/api", "/offer", "/whip", "/recordings", "/metrics")
 OPEN = ("/api/config",)  # what the page needs to know before it has a token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,10 +44,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class ApiError(Exception):
     """An error answered as ``{error: name, message}`` with ``status``."""
 
-    def __init__(self, status: int, name: str, message: str) -> None:
+    def __init__(
+        self, status: int, name: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.name = name
+        self.headers = dict(headers or {})
 
 
 def error_response(status: int, name: str, message: str) -> web.Response:
@@ -81,7 +87,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.name, str(exc))
+        response = error_response(exc.status, exc.name, str(exc))
+        response.headers.update(exc.headers)
+        return response
     except InvalidStateError as exc:
         return error_response(409, exc.name, str(exc))
     except RecorderError as exc:
@@ -191,14 +199,24 @@ def session_of(request: web.Request) -> Session:
 async def create_session(
     request: web.Request, sdp: str, body: dict[str, Any]
 ) -> tuple[Session, str]:
+    refused = operations.refusal(request.app)
+    if refused is not None:
+        raise ApiError(
+            503,
+            "QuotaExceededError",
+            refused.message,
+            {"Retry-After": str(refused.retry_after)},
+        )
     try:
-        return await request.app[SESSIONS].create(
+        created = await request.app[SESSIONS].create(
             sdp, optional_mime_type(body), optional_timeslice(body)
         )
     except TooManySessions as exc:
         raise ApiError(503, "QuotaExceededError", str(exc)) from None
     except BadOffer as exc:
         raise ApiError(400, "SyntaxError", str(exc)) from None
+    operations.admitted(request.app)
+    return created
 
 
 # -- signaling ----------------------------------------------------------------------------
@@ -399,20 +417,17 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(static_folder() / "index.html")
 
 
-async def _shutdown(app: web.Application) -> None:
-    await app[SESSIONS].close_all()
-
-
 def create_app(settings: Settings) -> web.Application:
     """The server's application."""
     app = web.Application(
         middlewares=[cors, auth(settings.token), errors], client_max_size=settings.max_body
     )
+    app[REGISTRY] = CollectorRegistry()  # metrics of this application only
     store = RecordingStore(settings.recordings)
     app[SETTINGS] = settings
     app[STORE] = store
     app[SESSIONS] = SessionManager(settings, store)
-    app.on_shutdown.append(_shutdown)
+    operations.setup(app, settings, app[SESSIONS])
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/offer", offer)

@@ -64,6 +64,7 @@ class Session:
         mime_type: str,
         timeslice: int,
         on_closed: Callable[[Session], None],
+        on_recording: Callable[[MediaRecorder], None],
     ) -> None:
         self.id = session_id
         self.pc = pc
@@ -78,6 +79,7 @@ class Session:
         self._settings = settings
         self._store = store
         self._on_closed = on_closed
+        self._on_recording = on_recording
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._sequence = 0  # numbers every message, so clients can order events and answers
         self._created_at = time.monotonic()
@@ -210,6 +212,7 @@ class Session:
             recorder.on(event, relay)
         recorder.start(timeslice if timeslice is not None else self.timeslice)
         self.recorder, self.recording = recorder, name
+        self._on_recording(recorder)
         self._store.write_meta(
             name,
             name=name,
@@ -292,6 +295,8 @@ class SessionManager:
         self.settings = settings
         self.store = store
         self.sessions: dict[str, Session] = {}
+        # Called with every recorder once its recording started (metrics count it).
+        self.on_recording: list[Callable[[MediaRecorder], None]] = []
 
     def get(self, session_id: str) -> Session:
         """The session, or ``KeyError``."""
@@ -317,6 +322,7 @@ class SessionManager:
             mime,
             timeslice or self.settings.timeslice,
             self._closed,
+            self._recording_started,
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -341,15 +347,30 @@ class SessionManager:
     def _closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
 
-    async def close_all(self) -> None:
-        """Close every session (their recordings are finalized first)."""
+    def _recording_started(self, recorder: MediaRecorder) -> None:
+        for callback in self.on_recording:
+            callback(recorder)
+
+    async def close_all(self, timeout: float | None = None) -> list[Session]:
+        """Close every session (their recordings are finalized first). Those still closing
+        after ``timeout`` seconds are logged and returned; they go on closing meanwhile."""
         sessions = list(self.sessions.values())
         log("stopping", sessions=len(sessions))
         began = time.monotonic()
-        await asyncio.gather(
-            *(session.close("server stopping") for session in sessions), return_exceptions=True
-        )
-        log("stopped", sessions=len(sessions), seconds=round(time.monotonic() - began, 3))
+        closing = {session.close("server stopping"): session for session in sessions}
+        done, pending = await asyncio.wait(closing, timeout=timeout) if closing else (set(), set())
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("closing failed", exc_info=task.exception())
+        unfinished = [closing[task] for task in pending]
+        for session in unfinished:
+            logger.warning(
+                "not finalized",
+                extra={"fields": {"session": session.id, "recording": session.recording}},
+            )
+        seconds = round(time.monotonic() - began, 3)
+        log("stopped", sessions=len(sessions), unfinished=len(unfinished), seconds=seconds)
+        return unfinished
 
     def live_durations(self) -> dict[str, float]:
         durations: dict[str, float] = {}

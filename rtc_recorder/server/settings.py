@@ -11,6 +11,13 @@ from pathlib import Path
 
 from ..mimetype import is_type_supported
 
+ADMISSION_LIMITS = (
+    "admission_loop_lag",
+    "admission_loop_busy",
+    "admission_cpu",
+    "admission_udp_drops",
+)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,6 +39,14 @@ class Settings:
     idle_timeout: float = 15.0
     ice_servers: str = ""
     log_format: str = "text"
+    # Admission by measured load (see admission.py); 0 turns a signal off.
+    admission_loop_lag: float = 200.0
+    admission_loop_busy: float = 0.6
+    admission_cpu: float = 0.9
+    admission_udp_drops: float = 10.0
+    admission_resume: float = 0.8
+    admission_calm: float = 10.0
+    shutdown_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if not is_type_supported(self.mime_type):
@@ -43,6 +58,11 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.log_format not in ("text", "json"):
             raise ValueError("--log-format is 'text' or 'json'")
+        for name in (*ADMISSION_LIMITS, "admission_calm", "shutdown_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_flag(name)} must not be negative")
+        if not 0 < self.admission_resume <= 1:
+            raise ValueError("--admission-resume is a ratio above 0, at most 1")
 
 
 _HELP = {
@@ -62,6 +82,18 @@ _HELP = {
     "idle_timeout": "close a session that has not connected, or has sent no media, for this long",
     "ice_servers": "comma-separated STUN/TURN URLs for ICE (none by default: host candidates)",
     "log_format": "'text' (key=value) or 'json' (one object per line)",
+    "admission_loop_lag": "refuse new sessions while the event loop's lag p99 is above this many "
+    "ms (0: off)",
+    "admission_loop_busy": "... while the event-loop thread is running or waiting for a CPU more "
+    "than this share of the time (0: off)",
+    "admission_cpu": "... while the process uses more than this share of its CPUs (0: off)",
+    "admission_udp_drops": "... while the kernel drops more than this many UDP packets a second "
+    "because the process' sockets were full (0: off)",
+    "admission_resume": "admit again once every signal stayed below this share of its limit... "
+    "(above it, new sessions are taken one at a time)",
+    "admission_calm": "... for this many seconds",
+    "shutdown_timeout": "seconds recordings get to finalize after SIGTERM; one that has not by "
+    "then is logged and left, and the process exits anyway (status 1)",
 }
 
 

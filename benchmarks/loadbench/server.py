@@ -1,0 +1,252 @@
+"""``rtc-recorder serve`` run by a benchmark: the server process (through
+``benchmarks/loopback_server.py``), its HTTP API, hanging up, and the sidecars and log it
+leaves."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import LOOPBACK
+
+CHECKOUT = Path(__file__).resolve().parent.parent.parent
+SERVER_WRAPPER = CHECKOUT / "benchmarks" / "loopback_server.py"
+
+SERVER_READY_TIMEOUT = 30.0
+SERVER_STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server gives recordings 20 s by default)
+
+HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
+
+
+class BenchmarkError(RuntimeError):
+    """The run could not be completed (the server or a sender failed, or timed out)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    """``rtc-recorder serve --auto-record [EXTRA...]`` as a subprocess, through the loopback
+    wrapper.
+
+    It runs in a session of its own (a Ctrl-C in the terminal does not reach it: this
+    process sends the one SIGTERM that finalizes the recordings) and with its stdin a pipe
+    from this process: if this process dies, the pipe closes and the server stops itself.
+    """
+
+    def __init__(
+        self, port: int, recordings: Path, log_path: Path, extra: Sequence[str] = ()
+    ) -> None:
+        self.port = port
+        self.recordings = recordings
+        self.log_path = log_path
+        self.command = [
+            sys.executable,
+            str(SERVER_WRAPPER),
+            "--stop-on-stdin-eof",
+            "--port",
+            str(port),
+            "--recordings",
+            str(recordings),
+            "--auto-record",
+            "--log-format",
+            "json",
+            *extra,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}{path}"
+
+    def start(self) -> None:
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=CHECKOUT,
+        )
+
+    def check(self) -> None:
+        """Raise if the server has exited."""
+        assert self.process is not None
+        code = self.process.poll()
+        if code is not None:
+            raise BenchmarkError(f"the server exited (status {code}); see {self.log_path}")
+
+    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+        """One HTTP request to the server: its status and JSON body."""
+        request = urllib.request.Request(self.url(path), method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            body = error.read()
+            with contextlib.suppress(ValueError):
+                return error.code, json.loads(body or b"null")
+            return error.code, body.decode(errors="replace")
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds until ``/healthz`` answers."""
+        started = time.monotonic()
+        while True:
+            self.check()
+            with contextlib.suppress(OSError):
+                status, _ = self.request("GET", "/healthz", timeout=1.0)
+                if status == 200:
+                    return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise BenchmarkError(f"the server did not answer /healthz within {timeout:g} s")
+            time.sleep(0.1)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """``GET /api/sessions``."""
+        status, body = self.request("GET", "/api/sessions")
+        if status != 200 or not isinstance(body, list):
+            raise BenchmarkError(f"/api/sessions answered {status}: {body}")
+        return body
+
+    def stop(self, timeout: float) -> dict[str, Any]:
+        """SIGTERM, then wait for the exit: its status and how long it took."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        killed = False
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(10)
+            killed = True
+        return {"exitCode": code, "seconds": time.monotonic() - started, "killed": killed}
+
+    def close(self) -> None:
+        """Leave no server running (SIGTERM, then SIGKILL after :data:`SERVER_STOP_TIMEOUT`)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(SERVER_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+def wait_recording(server: Server, count: int, timeout: float) -> list[dict[str, Any]]:
+    """``/api/sessions`` once ``count`` sessions are connected and recording."""
+    started = time.monotonic()
+    while True:
+        server.check()
+        listed = server.sessions()
+        recording = [
+            s
+            for s in listed
+            if s["connectionState"] == "connected" and s["recorderState"] == "recording"
+        ]
+        if len(recording) >= count:
+            return listed
+        if time.monotonic() - started > timeout:
+            states = [(s["id"], s["connectionState"], s["recorderState"]) for s in listed]
+            raise BenchmarkError(
+                f"{len(recording)} of {count} sessions recording after {timeout:g} s: {states}"
+            )
+        time.sleep(0.1)
+
+
+def hang_up(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``DELETE /api/sessions/{id}`` for every session at once (each answers once its
+    recording is finalized): status and seconds per session."""
+
+    def delete(session_id: str) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            status, body = server.request(
+                "DELETE", f"/api/sessions/{session_id}", timeout=HANGUP_TIMEOUT
+            )
+        except OSError as error:
+            status, body = None, repr(error)
+        return {"status": status, "body": body, "seconds": time.monotonic() - started}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
+        return dict(zip(ids, pool.map(delete, ids), strict=True))
+
+
+def sidecars(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every recording's sidecar in ``folder``, by its file name."""
+    found = {}
+    for sidecar in sorted(folder.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads(sidecar.read_text())
+            if isinstance(meta, dict):
+                found[sidecar.name.removesuffix(".json")] = meta
+    return found
+
+
+def wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
+    """Seconds until the sidecar of every session's recording says "complete" (or
+    "failed"); the timeout leaves the states as they are for the verification."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        final = {
+            meta.get("session")
+            for meta in sidecars(folder).values()
+            if meta.get("state") in ("complete", "failed")
+        }
+        if sessions <= final:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def log_summary(path: Path) -> dict[str, Any]:
+    """Warnings and errors in the server's log (JSON lines; other lines are kept too)."""
+    problems: list[str] = []
+    other: list[str] = []
+    events: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    other.append(line)
+                continue
+            if not isinstance(entry, dict):
+                continue
+            events[str(entry.get("event"))] = events.get(str(entry.get("event")), 0) + 1
+            if entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+                problems.append(line)
+    return {
+        "warningsOrErrors": len(problems),
+        "unstructuredLines": len(other),
+        "examples": (problems + other)[:20],
+        "events": events,
+    }
