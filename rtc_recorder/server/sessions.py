@@ -29,6 +29,7 @@ from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..events import BlobEvent, ErrorEvent, Event
 from ..mediarecorder import MediaRecorder
 from ..mimetype import parse_type
+from ..receive.transport import PortsExhausted, apply_ice_policy
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
 
@@ -318,8 +319,12 @@ class SessionManager:
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            apply_ice_policy(pc, self.settings.ice_policy)  # before the answer gathers
             _prefer_codec(pc, recording_type.video or recording_type.container.default_video)
             await pc.setLocalDescription(await pc.createAnswer())
+        except PortsExhausted as exc:
+            await pc.close()
+            raise TooManySessions(str(exc)) from exc
         except Exception as exc:
             # aiortc raises many kinds of errors on offers it cannot take, in any of these
             # steps (a media section without a direction makes createAnswer fail, say).
