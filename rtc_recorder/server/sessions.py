@@ -240,8 +240,9 @@ class Session:
             elif event.type == "start":
                 message.update(mimeType=recorder.mimeType)
             elif event.type == "stop":
-                duration = recorder.getStats()["duration"]
-                message.update(duration=duration)
+                stats = recorder.getStats()
+                duration = stats["duration"]
+                message.update(duration=duration, tracks=_track_summaries(stats))
                 state = {"state": "failed", "error": failed[0]} if failed else {"state": "complete"}
                 self._store.write_meta(name, duration=duration, **state)
             if event.type != "dataavailable":
@@ -359,6 +360,12 @@ class SessionManager:
         for session in self.sessions.values():
             durations.update(session.live_durations())
         return durations
+
+
+def _track_summaries(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per recorded track: how it was recorded (pass-through or transcoded) and its frames."""
+    keys = ("kind", "codec", "path", "framesReceived", "framesWritten", "framesDecoded")
+    return [{key: track.get(key) for key in keys} for track in stats["tracks"]]
 
 
 def check_offer(sdp: str) -> None:
