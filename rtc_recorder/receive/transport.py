@@ -179,15 +179,16 @@ def apply_ice_policy(pc: RTCPeerConnection, policy: IcePolicy) -> None:
     workaround = "the ICE address and port settings"
     if not version_supported(workaround) or not has_internals(
         workaround,
-        (RTCIceGatherer, "_connection"),
         (aioice.ice.Connection, "get_component_candidates"),
-        (aioice.ice.Connection, "_protocols"),
         (aioice.ice, "StunProtocol"),
         (aioice.turn, "UDP_SOCKET_BUFFER_SIZE"),
     ):
         return
     for gatherer in _ice_gatherers(pc):
-        _apply_to_gatherer(gatherer, policy)
+        if has_internals(workaround, (gatherer, "_connection")) and has_internals(
+            workaround, (gatherer._connection, "_protocols")
+        ):
+            _apply_to_gatherer(gatherer, policy)
 
 
 def _ice_gatherers(pc: RTCPeerConnection) -> Iterator[RTCIceGatherer]:
