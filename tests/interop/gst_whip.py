@@ -26,7 +26,9 @@ from gi.repository import GLib, Gst, GstSdp, GstVideo, GstWebRTC  # noqa: E402
 VIDEO = {
     "vp8": "vp8enc deadline=1 keyframe-max-dist=300 ! rtpvp8pay name=pay pt=96 "
     "! application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000",
-    "h264": "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 "
+    # ultrafast leaves out every tool beyond baseline (x264 then signals constrained
+    # baseline whatever the profile caps ask for); veryfast keeps high's tools.
+    "h264": "x264enc tune=zerolatency speed-preset={preset} key-int-max=300 "
     "! video/x-h264,profile={profile} ! rtph264pay name=pay pt=102 config-interval=-1 "
     "aggregate-mode=zero-latency "
     "! application/x-rtp,media=video,encoding-name=H264,payload=102,clock-rate=90000",
@@ -43,7 +45,8 @@ class Publisher:
 
     def __init__(self, url: str, codec: str, profile: str, frames: int, timeout: float) -> None:
         self.url, self.frames = url, frames
-        video = VIDEO[codec].format(profile=profile)
+        preset = "ultrafast" if profile in ("baseline", "constrained-baseline") else "veryfast"
+        video = VIDEO[codec].format(profile=profile, preset=preset)
         self.pipeline = Gst.parse_launch(
             "webrtcbin name=w bundle-policy=max-bundle "
             "videotestsrc is-live=true pattern=ball "
