@@ -37,8 +37,10 @@ CASES = [
 
 def verdict(outcome: Outcome) -> str:
     """'recorded' when the file is clean, ≥ 95 % complete and passed through."""
-    if outcome.published.get("error"):
-        return f"failed: {outcome.published['error']}"
+    error = outcome.published.get("error")
+    if error:
+        # FFmpeg names the URL last; its port changes from run to run.
+        return f"failed (client: {str(error).rsplit(': ' + chr(39), 1)[0]})"
     if outcome.recording is None:
         return "failed: nothing recorded"
     passthrough = all(
@@ -55,8 +57,8 @@ def row(case: Case, outcome: Outcome) -> list[str]:
     paths = ", ".join(sorted({f"{t['kind']} {t['path']}" for t in outcome.tracks})) or "—"
     return [
         case.client,
-        f"{case.codec} {case.profile}"
-        + (" + cert_file P-256" if case.certificate == "p256" else ""),
+        (f"H.264 {case.profile}" if case.codec == "h264" else case.codec.upper())
+        + (", `cert_file` P-256" if case.certificate == "p256" else ""),
         case.mime_type.split(";")[0],
         f"{outcome.video_frames} / {sent}",
         outcome.profile if case.codec == "h264" and outcome.profile else "—",

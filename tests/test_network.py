@@ -5,6 +5,7 @@ server runs as a process inside a network namespace of the test's own
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -24,8 +25,9 @@ from .server_support import publisher_pc, server_process
 pytestmark = pytest.mark.timeout(60)
 
 
-async def answer_from(base: str) -> SessionDescription:
-    """POST an aiortc offer to ``/whip``; the answer (not applied: nothing is sent)."""
+async def post_offer(base: str) -> tuple[int, str]:
+    """POST an aiortc offer to ``/whip``; the status and body (an answer is not applied:
+    nothing is sent to its candidates)."""
     pc: RTCPeerConnection = publisher_pc()
     try:
         await pc.setLocalDescription(await pc.createOffer())
@@ -37,10 +39,15 @@ async def answer_from(base: str) -> SessionDescription:
                 headers={"Content-Type": "application/sdp"},
             ) as response,
         ):
-            assert response.status == 201, await response.text()
-            return SessionDescription.parse(await response.text())
+            return response.status, await response.text()
     finally:
         await pc.close()
+
+
+async def answer_from(base: str) -> SessionDescription:
+    status, body = await post_offer(base)
+    assert status == 201, body
+    return SessionDescription.parse(body)
 
 
 def candidate_addresses(answer: SessionDescription) -> set[tuple[str, str]]:
@@ -99,20 +106,9 @@ async def test_a_full_udp_port_range_refuses_the_session_with_503(tmp_path: Path
             tmp_path, f"--ice-address={SERVER_ADDRESS}", "--udp-ports=41020-41020"
         ) as (_, base):
             await answer_from(base)
-            pc = publisher_pc()
-            await pc.setLocalDescription(await pc.createOffer())
-            async with (
-                aiohttp.ClientSession(base) as http,
-                http.post(
-                    "/whip",
-                    data=pc.localDescription.sdp,
-                    headers={"Content-Type": "application/sdp"},
-                ) as response,
-            ):
-                status, body = response.status, await response.json()
-            await pc.close()
+            status, body = await post_offer(base)
     assert status == 503
-    assert "no free UDP port in 41020-41020" in body["message"]
+    assert "no free UDP port in 41020-41020" in json.loads(body)["message"]
 
 
 def test_network_settings_parse_flags_and_variables() -> None:
