@@ -4,11 +4,15 @@ on versions it was not written for."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 
+import aioice
 import aiortc
 import pytest
+from aioice import stun
+from aioice.candidate import candidate_priority
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
 from cryptography import x509
@@ -25,6 +29,7 @@ from rtc_recorder.receive.transport import (
     version_supported,
 )
 
+from .media import wait_for
 from .server_support import publisher_pc
 
 
@@ -103,3 +108,47 @@ async def test_ice_settings_leave_gathering_alone_on_other_aiortc_versions(
     assert "typ host" in answerer.localDescription.sdp
     await offerer.close()
     await answerer.close()
+
+
+async def test_an_ice_check_without_priority_is_taken_as_a_peer_reflexive_candidate() -> None:
+    controlled = aioice.Connection(ice_controlling=False)
+    await controlled.gather_candidates()
+    controlled.remote_username, controlled.remote_password = "peer", "peer-password-of-22+chars"
+    await controlled.add_remote_candidate(None)
+    connecting = asyncio.ensure_future(controlled.connect())
+    local = controlled.local_candidates[0]
+    loop = asyncio.get_running_loop()
+    responses: asyncio.Queue[bytes] = asyncio.Queue()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Collector(responses), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        request.attributes["USERNAME"] = f"{controlled.local_username}:peer"
+        request.attributes["ICE-CONTROLLING"] = 1
+        request.attributes["USE-CANDIDATE"] = None
+        request.add_message_integrity(controlled.local_password.encode())
+        request.add_fingerprint()
+        transport.sendto(bytes(request), (local.host, local.port))
+        reply = stun.parse_message(await asyncio.wait_for(responses.get(), 5))
+        assert reply.message_class == stun.Class.RESPONSE
+        address = transport.get_extra_info("sockname")
+        await wait_for(
+            lambda: any(c.port == address[1] for c in controlled._remote_candidates),
+            5,
+            "the peer-reflexive candidate",
+        )
+    finally:
+        transport.close()
+        connecting.cancel()
+        await controlled.close()
+    learned = next(c for c in controlled._remote_candidates if c.port == address[1])
+    assert (learned.type, learned.priority) == ("prflx", candidate_priority(1, "prflx"))
+
+
+class _Collector(asyncio.DatagramProtocol):
+    def __init__(self, queue: asyncio.Queue[bytes]) -> None:
+        self.queue = queue
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queue.put_nowait(data)

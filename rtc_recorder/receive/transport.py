@@ -12,6 +12,15 @@ DTLS (installed process-wide by :func:`install`, so library users get it too):
   That cannot be fixed on this side; it is logged as a warning naming the curve, so an
   operator sees why instead of a bare "DTLS handshake failed".
 
+ICE (installed by :func:`install` too):
+
+- A connectivity check must carry a PRIORITY attribute (RFC 8445 section 7.1.1), and
+  aioice reads it unguarded when the check comes from an address it has not seen (a
+  peer-reflexive candidate): a check without one raised ``KeyError`` out of aioice's
+  datagram handler and was lost, every time, so a peer known only by its checks never
+  connected. Such a check is given the priority RFC 8445 section 5.1.2 gives a
+  peer-reflexive candidate of that component.
+
 ICE (per peer connection, by :func:`apply_ice_policy`, as the server's settings say):
 the addresses candidates are gathered on, the address they announce (1:1 NAT) and the
 UDP port range their sockets are bound in; aioice has no setting for any of them.
@@ -34,6 +43,7 @@ from typing import Any
 
 import aioice
 import aioice.ice
+import aioice.stun
 import aioice.turn
 import aiortc
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
@@ -96,11 +106,16 @@ def has_internals(workaround: str, *internals: tuple[object, str]) -> bool:
 
 
 def install() -> None:
-    """Install the DTLS workarounds (once per process)."""
+    """Install the DTLS and ICE check workarounds (once per process)."""
     global _installed
     if _installed:
         return
     _installed = True
+    _install_dtls()
+    _install_check_priority()
+
+
+def _install_dtls() -> None:
     workaround = "the DTLS cipher and certificate workarounds"
     if not version_supported(workaround) or not has_internals(
         workaround, (RTCCertificate, "_create_ssl_context")
@@ -144,6 +159,28 @@ def _accept_and_diagnose(
 
 
 # -- ICE -------------------------------------------------------------------------------
+
+
+def _install_check_priority() -> None:
+    workaround = "accepting ICE checks without PRIORITY"
+    if not version_supported(workaround) or not has_internals(
+        workaround, (aioice.ice.Connection, "check_incoming")
+    ):
+        return
+    original: Callable[..., None] = aioice.ice.Connection.check_incoming
+
+    def check_incoming(
+        self: aioice.ice.Connection,
+        message: aioice.stun.Message,
+        addr: tuple[str, int],
+        protocol: aioice.ice.StunProtocol,
+    ) -> None:
+        if "PRIORITY" not in message.attributes:
+            component = protocol.local_candidate.component
+            message.attributes["PRIORITY"] = candidate_priority(component, "prflx")
+        original(self, message, addr, protocol)
+
+    aioice.ice.Connection.check_incoming = check_incoming  # type: ignore[method-assign]
 
 
 class PortsExhausted(OSError):
