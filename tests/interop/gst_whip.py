@@ -64,6 +64,7 @@ class Publisher:
         self.location: str | None = None
         self.counting = False
         self.done = False
+        self.ended: set[str] = set()
         self.webrtc.connect("on-negotiation-needed", self._on_negotiation_needed)
         self.webrtc.connect("notify::ice-gathering-state", self._on_gathering)
         self.webrtc.connect("notify::connection-state", self._on_connection)
@@ -76,6 +77,11 @@ class Publisher:
         bus = self.pipeline.get_bus()
         bus.add_signal_watch()
         bus.connect("message::error", self._on_error)
+        self.sources = [
+            element
+            for element in self.pipeline.iterate_elements()
+            if element.get_factory().get_name() in ("videotestsrc", "audiotestsrc")
+        ]
         GLib.timeout_add(int(timeout * 1000), self._fail, "timed out")
 
     def run(self) -> dict[str, Any]:
@@ -153,9 +159,21 @@ class Publisher:
         return Gst.PadProbeReturn.OK
 
     def _hang_up(self) -> bool:
-        # The last frame is in the pipeline; give it one frame interval to leave.
-        GLib.timeout_add(100, self._delete)
+        # End of stream follows the last buffer down each branch: once it reaches every
+        # sink pad of webrtcbin, all the media was handed to webrtcbin (which posts no EOS
+        # of its own); then the client hangs up.
+        for pad in self.webrtc.sinkpads:
+            pad.add_probe(Gst.PadProbeType.EVENT_DOWNSTREAM, self._on_branch_event)
+        for source in self.sources:
+            source.send_event(Gst.Event.new_eos())
         return False
+
+    def _on_branch_event(self, pad: Gst.Pad, info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        if info.get_event().type == Gst.EventType.EOS:
+            self.ended.add(pad.get_name())
+            if len(self.ended) == len(self.webrtc.sinkpads):
+                GLib.idle_add(self._delete)
+        return Gst.PadProbeReturn.OK
 
     def _delete(self) -> bool:
         assert self.location is not None
