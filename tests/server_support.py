@@ -119,7 +119,8 @@ async def server_process(
     ``cwd``); yields it and its base URL once it answers ``/healthz`` (over HTTPS with
     ``ssl_context``). Without ``recordings`` the server keeps its default folder. Its log
     goes to a file (a pipe nobody drains could fill and stall the server): read it with
-    :func:`server_log`."""
+    :func:`server_log`. Its ICE gathers on 127.0.0.1 only unless ``env`` or ``args`` say
+    otherwise."""
     port = port or free_port()
     folder = ["--recordings", str(recordings)] if recordings is not None else []
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
@@ -130,7 +131,14 @@ async def server_process(
         cwd=cwd,
         stderr=log,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(pythonpath), **(env or {})},
+        # ICE stays on loopback, as loopback_only holds it in this process; a test that
+        # means another address says so with --ice-address (flags beat variables).
+        env={
+            **os.environ,
+            "PYTHONPATH": str(pythonpath),
+            "RTC_RECORDER_ICE_ADDRESS": "127.0.0.1",
+            **(env or {}),
+        },
         preexec_fn=preexec_fn,
     )
     _logs[process.pid] = Path(log.name)
