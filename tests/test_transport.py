@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from pathlib import Path
 
 import aioice
 import aiortc
@@ -30,7 +31,7 @@ from rtc_recorder.receive.transport import (
 )
 
 from .media import wait_for
-from .server_support import publisher_pc
+from .server_support import next_event, publish, publisher_pc, running_app
 
 
 def self_signed(curve: ec.EllipticCurve) -> x509.Certificate:
@@ -152,3 +153,24 @@ class _Collector(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.queue.put_nowait(data)
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "codec"),
+    [("video/mp4;codecs=avc1,opus", "h264"), ("video/webm;codecs=vp8,opus", "vp8")],
+)
+async def test_the_answer_puts_the_codec_the_recording_keeps_first(
+    mime_type: str, codec: str, tmp_path: Path
+) -> None:
+    async with running_app(recordings=tmp_path, mime_type=mime_type) as client:
+        publisher = await publish(client)  # aiortc offers VP8 first, then H.264
+        base = f"/api/sessions/{publisher.session}"
+        socket = await client.ws_connect(f"{base}/events")
+        await client.post(f"{base}/start")
+        await next_event(socket, "dataavailable")
+        await client.post(f"{base}/stop")
+        stopped = await next_event(socket, "stop")
+        await socket.close()
+        await publisher.close()
+    video = next(t for t in stopped["tracks"] if t["kind"] == "video")
+    assert (video["codec"], video["path"], video["framesDecoded"]) == (codec, "passthrough", 0)

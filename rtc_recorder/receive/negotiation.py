@@ -21,7 +21,7 @@ import copy
 from collections.abc import Callable
 
 import aiortc.rtcpeerconnection
-from aiortc import RTCRtpCodecParameters
+from aiortc import RTCPeerConnection, RTCRtpCodecParameters
 
 from .transport import has_internals, version_supported
 
@@ -88,4 +88,36 @@ def install() -> None:
     aiortc.rtcpeerconnection.find_common_codecs = find_common_codecs
 
 
-__all__ = ["install", "local_codecs_for"]
+def prefer_codec(pc: RTCPeerConnection, mime_type: str) -> None:
+    """Put ``mime_type`` (``"video/H264"``, say) first among the codecs ``pc`` will answer
+    with, so the sender sends it. Call it between setting the remote description and
+    creating the answer.
+
+    aiortc reads ``setCodecPreferences`` only while it takes the remote description, and
+    the transceivers of an answer do not exist before then: preferences set in between
+    were ignored, and the answer kept the offer's order.
+    """
+    workaround = "preferring a codec in the answer"
+    if not version_supported(workaround):
+        return
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == mime_type.split("/")[0] and has_internals(
+            workaround, (transceiver, "_codecs")
+        ):
+            transceiver._codecs = codecs_preferring(transceiver._codecs, mime_type)
+
+
+def codecs_preferring(
+    codecs: list[RTCRtpCodecParameters], mime_type: str
+) -> list[RTCRtpCodecParameters]:
+    """``codecs`` with those of ``mime_type`` (and their retransmission formats) first,
+    each part in its original order."""
+    wanted = {c.payloadType for c in codecs if c.mimeType.lower() == mime_type.lower()}
+
+    def preferred(codec: RTCRtpCodecParameters) -> bool:
+        return codec.payloadType in wanted or codec.parameters.get("apt") in wanted
+
+    return [c for c in codecs if preferred(c)] + [c for c in codecs if not preferred(c)]
+
+
+__all__ = ["codecs_preferring", "install", "local_codecs_for", "prefer_codec"]

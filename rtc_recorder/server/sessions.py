@@ -20,7 +20,6 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
@@ -29,6 +28,7 @@ from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..events import BlobEvent, ErrorEvent, Event
 from ..mediarecorder import MediaRecorder
 from ..mimetype import parse_type
+from ..receive.negotiation import prefer_codec
 from ..receive.transport import PortsExhausted, apply_ice_policy
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
@@ -388,19 +388,8 @@ def check_offer(sdp: str) -> None:
 def _prefer_codec(pc: RTCPeerConnection, video_codec: str | None) -> None:
     """Put the codec the recording can keep as it is first, so the sender sends it."""
     preferred = PREFERRED_VIDEO.get(video_codec or "")
-    if preferred is None:
-        return
-    capabilities = RTCRtpReceiver.getCapabilities("video")
-    if capabilities is None:
-        return
-    codecs = capabilities.codecs
-    ordered = [c for c in codecs if c.mimeType == preferred] + [
-        c for c in codecs if c.mimeType != preferred
-    ]
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind == "video":
-            with contextlib.suppress(Exception):
-                transceiver.setCodecPreferences(ordered)
+    if preferred is not None:
+        prefer_codec(pc, preferred)
 
 
 __all__ = ["BadOffer", "NotSupportedError", "Session", "SessionManager", "TooManySessions"]
