@@ -69,6 +69,7 @@ DTLS_CIPHERS = (
 DTLS_CURVES = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 
 _installed = False
+_warned: set[str] = set()
 
 
 def version_supported(workaround: str) -> bool:
@@ -77,12 +78,9 @@ def version_supported(workaround: str) -> bool:
     installed = {"aiortc": aiortc.__version__, "aioice": aioice.__version__}
     for package, prefixes in TESTED.items():
         if not installed[package].startswith(prefixes):
-            logger.warning(
-                "rtc_recorder: %s %s is not the version %s was written for (%sx); skipping it",
-                package,
-                installed[package],
-                workaround,
-                ", ".join(prefixes),
+            _warn_once(
+                f"rtc_recorder: {package} {installed[package]} is not the version {workaround} "
+                f"was written for ({', '.join(prefixes)}x); skipping it"
             )
             return False
     return True
@@ -92,17 +90,17 @@ def has_internals(workaround: str, *internals: tuple[object, str]) -> bool:
     """Whether each ``(owner, attribute)`` exists; warns (naming ``workaround``) if not."""
     for owner, name in internals:
         if not hasattr(owner, name):
-            logger.warning(
-                "rtc_recorder: %s has no %s; skipping %s",
-                getattr(owner, "__name__", owner),
-                name,
-                workaround,
-            )
+            owner_name = getattr(owner, "__name__", type(owner).__name__)
+            _warn_once(f"rtc_recorder: {owner_name} has no {name}; skipping {workaround}")
             return False
     return True
 
 
-# -- DTLS ------------------------------------------------------------------------------
+def _warn_once(message: str) -> None:
+    """A warning logged once per process (the checks run for every session)."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
 
 
 def install() -> None:
@@ -113,6 +111,9 @@ def install() -> None:
     _installed = True
     _install_dtls()
     _install_check_priority()
+
+
+# -- DTLS ------------------------------------------------------------------------------
 
 
 def _install_dtls() -> None:
