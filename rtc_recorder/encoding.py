@@ -47,6 +47,9 @@ ENCODERS: dict[str, tuple[str, dict[str, str]]] = {
     "h264": ("libx264", {"preset": "veryfast", "tune": "zerolatency"}),
     "opus": ("libopus", {"application": "audio"}),
     "aac": ("aac", {}),
+    # Only for outputs FFmpeg muxes (see ffmpeg_output.py), as aiortc's recorder writes them.
+    "mp3": ("libmp3lame", {}),
+    "png": ("png", {}),
 }
 # PyAV decoder names for what a remote peer sends.
 DECODERS = {
@@ -243,7 +246,7 @@ class TranscodeTrack(TrackProcessor):
     def _encode_video(self, frame: VideoFrame, time: int, restart: bool) -> list[Sample]:
         if self._encoder is None:
             self._encoder = self._open_video(frame.width & ~1 or 2, frame.height & ~1 or 2)
-            self._fit = _Fit(self._encoder.width, self._encoder.height)
+            self._fit = _Fit(self._encoder.width, self._encoder.height, self._encoder.pix_fmt)
         assert self._fit is not None
         picture = self._fit(frame)
         pts = max(time * 9 // 100, self._last_pts + 1)
@@ -275,12 +278,16 @@ class TranscodeTrack(TrackProcessor):
         self._frames_since_key += 1
         return due
 
+    def _new_encoder(self, name: str) -> Any:
+        """An encoder of FFmpeg's codec ``name``, not yet configured nor opened."""
+        return CodecContext.create(name, "w")
+
     def _open_video(self, width: int, height: int) -> Any:
         name, options = ENCODERS[self.codec]
-        encoder: Any = CodecContext.create(name, "w")
+        encoder: Any = self._new_encoder(name)
         encoder.width = width
         encoder.height = height
-        encoder.pix_fmt = "yuv420p"
+        encoder.pix_fmt = _pixel_format(encoder.codec)
         encoder.time_base = VIDEO_TIME_BASE
         encoder.framerate = fractions.Fraction(30, 1)
         encoder.bit_rate = self._settings.video_bitrate
@@ -329,7 +336,7 @@ class TranscodeTrack(TrackProcessor):
             self._resampler = AudioResampler(format="s16", layout=layout, rate=AUDIO_RATE)
             return
         name, options = ENCODERS[self.codec]
-        encoder: Any = CodecContext.create(name, "w")
+        encoder: Any = self._new_encoder(name)
         encoder.sample_rate = AUDIO_RATE
         encoder.layout = layout
         encoder.format = "s16" if self.codec == "opus" else "fltp"
@@ -355,11 +362,21 @@ class TranscodeTrack(TrackProcessor):
             self.counters.frames_encoded += 1
             if packet.pts is None or packet.time_base is None:
                 continue
-            time = max(0, int(packet.pts * packet.time_base * MICROSECOND))
-            sample = self._sample(bytes(packet), time, packet.is_keyframe)
+            sample = self._packet_sample(packet, int(packet.pts * packet.time_base * MICROSECOND))
             if sample is not None:
                 samples.append(sample)
         return samples
+
+    def _packet_sample(self, packet: Any, time: int) -> Sample | None:
+        """The container sample of one encoded packet, at output time ``time`` (µs; an
+        encoder's priming can make it negative)."""
+        return self._sample(bytes(packet), max(0, time), packet.is_keyframe)
+
+
+def _pixel_format(codec: Any) -> str:
+    """yuv420p, unless the encoder cannot take it (PNG): then the first format it takes."""
+    formats = [f.name for f in codec.video_formats or ()]
+    return "yuv420p" if not formats or "yuv420p" in formats else str(formats[0])
 
 
 def _decoder(codec: str) -> Any:
@@ -380,21 +397,22 @@ def _decoder(codec: str) -> Any:
 
 
 class _Fit:
-    """Brings every picture to the encoder's size and format; a picture of another size is
-    scaled to fit, keeping its aspect ratio, on black (so a camera that turns or changes
-    resolution mid-recording neither breaks the encoder nor gets distorted)."""
+    """Brings every picture to the encoder's size and pixel format; a picture of another
+    size is scaled to fit, keeping its aspect ratio, on black (so a camera that turns or
+    changes resolution mid-recording neither breaks the encoder nor gets distorted)."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, pixel_format: str) -> None:
         self.width = width
         self.height = height
+        self.pixel_format = pixel_format
         self._graph: av.filter.Graph | None = None
         self._input: tuple[int, int, str] | None = None
 
     def __call__(self, frame: VideoFrame) -> VideoFrame:
         if frame.width == self.width and frame.height == self.height:
-            if frame.format.name == "yuv420p":
+            if frame.format.name == self.pixel_format:
                 return frame
-            return frame.reformat(format="yuv420p")
+            return frame.reformat(format=self.pixel_format)
         shape = (frame.width, frame.height, frame.format.name)
         if self._graph is None or shape != self._input:
             self._graph = self._build(*shape)
@@ -416,7 +434,7 @@ class _Fit:
             "force_divisible_by=2",
         )
         pad = graph.add("pad", f"w={self.width}:h={self.height}:x=(ow-iw)/2:y=(oh-ih)/2")
-        pixels = graph.add("format", "yuv420p")
+        pixels = graph.add("format", self.pixel_format)
         sink = graph.add("buffersink")
         source.link_to(scale)
         scale.link_to(pad)

@@ -14,6 +14,7 @@ is fine. Events of one recording come in the specification's order (``start`` fi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -33,12 +34,13 @@ from .errors import (
     as_recorder_error,
 )
 from .events import BlobEvent, ErrorEvent, Event, EventEmitter, Handler
+from .ffmpeg_output import FfmpegSink, FfmpegTrack
 from .mediastream import MediaStream
 from .mimetype import is_type_supported, resolve_type
 from .receive import hooks as _aiortc
 from .sink import Sink, Target
 from .sources import DecodedInput, EncodedInput, TrackInput
-from .timeline import SyncGroup, Timeline
+from .timing import DEFAULT_FRAME_INTERVAL, Timeline
 from .writer import Chunk, Failure, RecordingWriter, WriterEvent
 
 logger = logging.getLogger("rtc_recorder")
@@ -70,10 +72,11 @@ class MediaRecorder(EventEmitter):
     """Records an aiortc :class:`MediaStream` the way a browser's MediaRecorder does.
 
     :param file: a path, a binary file object, or None (data only through ``dataavailable``).
-    :param format: an FFmpeg container name, as aiortc's recorder takes it ("webm",
-        "matroska", "mp4", "ogg", "wav"); normally derived from ``mimeType`` or the suffix.
-    :param options: FFmpeg muxer options, accepted for compatibility with aiortc's
-        recorder; rtc-recorder writes its containers itself and logs the ones it ignores.
+    :param format: an FFmpeg format name, as aiortc's recorder takes it: "webm",
+        "matroska", "mp4", "ogg", "wav" are written by rtc-recorder, any other by FFmpeg;
+        normally derived from ``mimeType`` or the file name.
+    :param options: FFmpeg options, as in aiortc's recorder: passed to FFmpeg when it
+        writes the output; rtc-recorder's own containers log them as ignored.
     :param stream: the :class:`MediaStream` (or tracks) to record; :meth:`addTrack` adds more.
     :param mimeType: the type to write, e.g. ``"video/webm;codecs=vp8,opus"``.
     """
@@ -105,7 +108,8 @@ class MediaRecorder(EventEmitter):
         ):
             raise TypeError("file must be a path, a binary file object or None")
         self._file = file
-        if options:
+        self._options = dict(options or {})
+        if options and self._recording.ffmpeg is None:
             logger.info("rtc_recorder writes containers itself; ignoring options %s", dict(options))
         if audioBitrateMode not in ("variable", "constant"):
             raise ValueError("audioBitrateMode must be 'variable' or 'constant'")
@@ -134,9 +138,6 @@ class MediaRecorder(EventEmitter):
         self._count = 0
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.stream._observe(self._on_track_set_changed)
-        for track in self.stream:
-            _aiortc.tap_track(track)
 
     # -- the specification's API -------------------------------------------------------
 
@@ -154,8 +155,8 @@ class MediaRecorder(EventEmitter):
         """Add a track to :attr:`stream` (as aiortc's recorder does).
 
         A track received by an aiortc peer connection stops being decoded from here on
-        (unless somebody reads decoded frames from it): the recording will take its
-        encoded frames.
+        (unless somebody reads decoded frames from it), for as long as it stays in
+        :attr:`stream` (see :class:`MediaStream`): the recording takes its encoded frames.
         """
         self.stream.addTrack(track)
 
@@ -170,20 +171,26 @@ class MediaRecorder(EventEmitter):
         now = time.monotonic()
         self._count += 1
         keep_chunks = self._file is None or self.has_listeners("dataavailable")
-        sink = Sink(self._file, keep_chunks=keep_chunks)
-        processors, plans = self._plan(tracks)
+        sink = (
+            FfmpegSink(self._recording.ffmpeg, self._file, self._options, keep_chunks=keep_chunks)
+            if self._recording.ffmpeg is not None
+            else Sink(self._file, keep_chunks=keep_chunks)
+        )
+        processors, plans = self._plan(tracks, sink)
         writer = RecordingWriter(
             self._recording,
             processors,
             sink,
             lambda event: _call_soon(loop, self._on_writer_event, run, event),
             timeslice_us=timeslice_us,
-            quantum=lambda: run.timeline.quantum,
+            quantum=self._grid,
         )
-        run = _Run(self._count, Timeline(now), writer, processors=processors, name=sink.path)
-        groups: dict[object, SyncGroup] = {}
+        # Video taken from a receiver restarts on keyframes, which settle each (re)start.
+        keyframed = any(t.kind == "video" and tap is not None for t, tap in plans)
+        timeline = Timeline(now, self._grid, video=keyframed)
+        run = _Run(self._count, timeline, writer, processors=processors, name=sink.path)
         for index, (track, tap) in enumerate(plans):
-            run.inputs.append(self._input(index, track, tap, run, groups, plans))
+            run.inputs.append(self._input(index, track, tap, run))
         video = next((p.codec for p in processors if p.kind == "video"), None)
         audio = next((p.codec for p in processors if p.kind == "audio"), None)
         mime = self._recording.mime
@@ -193,6 +200,7 @@ class MediaRecorder(EventEmitter):
         self._state = "recording"
         self._current = self._last = run
         self._runs.append(run)
+        self.stream._observe(self._on_track_set_changed)
         run.writer.start()
         for track_input in run.inputs:
             track_input.start()
@@ -266,7 +274,8 @@ class MediaRecorder(EventEmitter):
                     **{_camel(k): v for k, v in asdict(track_input.counters).items()},
                     **{_camel(k): v for k, v in asdict(processor.counters).items()},
                     "framesWritten": writer.samples.get(index, 0),
-                    "framesDroppedOverlapping": writer.overlapping.get(index, 0),
+                    "framesDroppedOverlapping": track_input.counters.frames_dropped_overlapping
+                    + writer.overlapping.get(index, 0),
                     "bytesWritten": writer.bytes.get(index, 0),
                     "droppedFromRecording": index in writer.dropped_tracks,
                 }
@@ -307,7 +316,7 @@ class MediaRecorder(EventEmitter):
         return chosen
 
     def _plan(
-        self, tracks: list[MediaStreamTrack]
+        self, tracks: list[MediaStreamTrack], sink: Sink
     ) -> tuple[list[TrackProcessor], list[tuple[MediaStreamTrack, _aiortc.ReceiverTap | None]]]:
         settings = EncoderSettings(
             audio_bitrate=self.audioBitsPerSecond,
@@ -326,13 +335,15 @@ class MediaRecorder(EventEmitter):
             requested = self._recording.video if kind == "video" else self._recording.audio
             holdable = container.video_codecs if kind == "video" else container.audio_codecs
             default = container.default_video if kind == "video" else container.default_audio
-            tap = _aiortc.tap_track(track)
+            tap = _aiortc.tap_track(track)  # held by the stream
             incoming = tap.predicted_codec() if tap is not None else None
             received = RECEIVED_VIDEO if kind == "video" else RECEIVED_AUDIO
             codec = incoming if requested is None and incoming in holdable else requested or default
             assert codec is not None
             processor: TrackProcessor
-            if tap is not None and codec in received and incoming in (codec, None):
+            if isinstance(sink, FfmpegSink):
+                processor = FfmpegTrack(index, kind, codec, settings, sink)
+            elif tap is not None and codec in received and incoming in (codec, None):
                 processor = PassthroughTrack(index, kind, codec, settings)
             else:
                 processor = TranscodeTrack(index, kind, codec, settings)
@@ -346,19 +357,12 @@ class MediaRecorder(EventEmitter):
         track: MediaStreamTrack,
         tap: _aiortc.ReceiverTap | None,
         run: _Run,
-        groups: dict[object, SyncGroup],
-        plans: list[tuple[MediaStreamTrack, _aiortc.ReceiverTap | None]],
     ) -> TrackInput:
         def ended(track_input: TrackInput, error: BaseException | None) -> None:
             self._on_input_ended(run, track_input, error)
 
         if tap is None:
             return DecodedInput(index, track, run.timeline, run.writer, ended)
-        group = groups.setdefault(tap.sync_key, SyncGroup())
-        # A sender's video track leads its clock; its other tracks follow.
-        leads = track.kind == "video" or not any(
-            t.kind == "video" and p is not None and p.sync_key == tap.sync_key for t, p in plans
-        )
         return EncodedInput(
             index,
             track,
@@ -366,8 +370,6 @@ class MediaRecorder(EventEmitter):
             run.writer,
             ended,
             tap,
-            group,
-            leading=leads,
             keyframe_interval_us=_interval_us(self.videoKeyFrameIntervalDuration, None),
             keyframe_interval_count=self.videoKeyFrameIntervalCount,
         )
@@ -380,15 +382,26 @@ class MediaRecorder(EventEmitter):
         if run.stopping:
             return
         run.stopping = True
+        self.stream._unobserve(self._on_track_set_changed)
         if run is self._current:
             self._state = "inactive"
             self._current = None
         run.timeline.stop(time.monotonic())
-        for track_input in run.inputs:
-            track_input.stop()
         if error is not None:
+            for track_input in run.inputs:
+                track_input.stop()
             self._queue(run, ErrorEvent("error", error))
-        run.writer.close()
+            run.writer.close()
+            return
+        draining = set(run.inputs)
+
+        def drained(track_input: TrackInput) -> None:
+            draining.discard(track_input)
+            if not draining:
+                run.writer.close()
+
+        for track_input in run.inputs:
+            track_input.drain(functools.partial(drained, track_input))
 
     def _on_input_ended(
         self, run: _Run, track_input: TrackInput, error: BaseException | None
@@ -401,9 +414,16 @@ class MediaRecorder(EventEmitter):
             logger.info("every recorded track has ended: stopping")
             self._finish(run, None)
 
+    def _grid(self) -> float | None:
+        """The video frame interval pauses cut whole multiples of (None: audio only)."""
+        run = self._current or self._last
+        inputs = run.inputs if run is not None else []
+        video = next((i for i in inputs if i.kind == "video"), None)
+        if video is None:
+            return None if inputs else DEFAULT_FRAME_INTERVAL
+        return video.grid
+
     def _on_track_set_changed(self, stream: MediaStream) -> None:
-        for track in stream:
-            _aiortc.tap_track(track)
         run = self._current
         if run is None or self._loop is None:
             return

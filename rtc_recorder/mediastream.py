@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from aiortc.mediastreams import MediaStreamTrack
 
+from .receive import hooks
+
 TrackSetObserver = Callable[["MediaStream"], None]
 
 
@@ -15,12 +17,18 @@ class MediaStream:
 
     ``addTrack``/``removeTrack`` tell the recorders watching this stream, so a change
     while recording ends that recording with ``InvalidModificationError``.
+
+    A track received by an aiortc peer connection is not decoded while it is in a stream
+    (unless somebody reads decoded frames from it): recordings take its encoded frames,
+    whenever they start. Once it has left every stream (or the streams are gone), aiortc
+    handles it as it always does.
     """
 
     def __init__(self, tracks: Iterable[MediaStreamTrack] = ()) -> None:
         self.id = str(uuid.uuid4())
         self._tracks: list[MediaStreamTrack] = []
         self._observers: list[TrackSetObserver] = []
+        self._taps: dict[MediaStreamTrack, hooks.ReceiverTap] = {}
         for track in tracks:
             self._add(track)
 
@@ -64,6 +72,9 @@ class MediaStream:
         """Remove ``track`` (nothing happens if it is not here)."""
         if track in self._tracks:
             self._tracks.remove(track)
+            tap = self._taps.pop(track, None)
+            if tap is not None:
+                tap.release(self)
             self._notify()
 
     def clone(self) -> MediaStream:
@@ -76,6 +87,9 @@ class MediaStream:
         if track in self._tracks:
             return False
         self._tracks.append(track)
+        tap = hooks.tap_track(track, self)
+        if tap is not None:
+            self._taps[track] = tap
         return True
 
     def _observe(self, observer: TrackSetObserver) -> None:

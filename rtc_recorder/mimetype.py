@@ -3,13 +3,21 @@
 The table follows the recorder contract (section 4). A type is parsed as RFC 6838 says
 (``type/subtype`` then ``;name=value`` parameters, values optionally quoted); only the
 ``codecs`` parameter means anything here.
+
+A file name or ``format`` that names none of the recorder's own containers goes to FFmpeg,
+as it would with aiortc's recorder: FFmpeg picks the format (:class:`FfmpegFormat`), the
+codecs are the ones aiortc's recorder uses for it.
 """
 
 from __future__ import annotations
 
+import io
+import mimetypes
 import os
 import re
 from dataclasses import dataclass
+
+import av
 
 from .errors import NotSupportedError
 
@@ -87,8 +95,8 @@ _FFMPEG_FORMATS: dict[str, str] = {
 
 # Codec strings of RFC 6381 / the WebCodecs registry -> (kind, codec), and the label a
 # recorder reports in ``mimeType`` once it knows what it writes.
-_CODEC_LABELS = {"vp8": "vp8", "vp9": "vp9", "av1": "av1", "h264": "avc1"}
-_AUDIO_LABELS = {"opus": "opus", "aac": "mp4a.40.2", "pcm": "pcm"}
+_CODEC_LABELS = {"vp8": "vp8", "vp9": "vp9", "av1": "av1", "h264": "avc1", "png": "png"}
+_AUDIO_LABELS = {"opus": "opus", "aac": "mp4a.40.2", "pcm": "pcm", "mp3": "mp3"}
 _CODEC_PATTERNS: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"vp8(\.0)?"), "video", "vp8"),
     (re.compile(r"vp9(\.0)?|vp09(\.\d+){3,8}"), "video", "vp9"),
@@ -106,8 +114,21 @@ _PARAM_RE = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;"]*)', r
 
 
 @dataclass(frozen=True)
+class FfmpegFormat:
+    """An output that FFmpeg muxes: its format (muxer) name, the codec per kind (None: that
+    kind is not recorded), and whether the muxer opens its files itself, by name (image
+    sequences, playlists), so that it needs a path and streams no bytes."""
+
+    muxer: str
+    video: str | None
+    audio: str | None
+    opens_files: bool
+
+
+@dataclass(frozen=True)
 class RecordingType:
-    """What a recorder was asked to write: a container and, per kind, a codec or a default."""
+    """What a recorder was asked to write: a container and, per kind, a codec or a default;
+    ``ffmpeg`` when FFmpeg writes it."""
 
     mime: str
     container: Container
@@ -115,6 +136,7 @@ class RecordingType:
     video: str | None
     audio: str | None
     codecs_given: bool
+    ffmpeg: FfmpegFormat | None = None
 
     def records(self, kind: str) -> bool:
         """Whether tracks of ``kind`` go into this recording."""
@@ -213,16 +235,17 @@ def is_type_supported(mime_type: str) -> bool:
 def resolve_type(mime_type: str, file: object, format: str | None) -> RecordingType:
     """Decide what to write from ``mimeType``, else ``format``, else the file's suffix, else WebM.
 
-    A ``format`` that names another container than ``mimeType`` is refused.
+    A ``format`` or a suffix that names none of the recorder's containers is FFmpeg's
+    (see :func:`ffmpeg_type`). A ``format`` that names another container than ``mimeType``
+    is refused.
     """
     from_format = None
     if format is not None:
         from_format = _FFMPEG_FORMATS.get(format.lower())
         if from_format is None:
-            raise NotSupportedError(
-                f"format {format!r} is not one the recorder writes "
-                f"(choose from {', '.join(sorted(_FFMPEG_FORMATS))})"
-            )
+            if mime_type:
+                raise NotSupportedError(f"format {format!r} contradicts mimeType {mime_type!r}")
+            return ffmpeg_type(file, format)
     if mime_type:
         chosen = parse_type(mime_type)
         if from_format is not None and parse_type(from_format).container != chosen.container:
@@ -231,10 +254,95 @@ def resolve_type(mime_type: str, file: object, format: str | None) -> RecordingT
     if from_format is not None:
         return parse_type(from_format)
     if isinstance(file, (str, os.PathLike)):
-        suffix = os.path.splitext(os.fspath(file))[1].lower()
-        if isinstance(suffix, str) and suffix in _SUFFIXES:
+        suffix = os.path.splitext(os.fsdecode(file))[1].lower()
+        if suffix in _SUFFIXES:
             return parse_type(_SUFFIXES[suffix])
+        if suffix:
+            return ffmpeg_type(file, None)
     return parse_type("video/webm")
+
+
+# The codecs aiortc's recorder gives each kind (its ``MediaRecorder.addTrack``), for the
+# formats that reach FFmpeg here (its choices for WebM, Ogg and WAV concern our own).
+def _aiortc_codecs(muxer: str) -> dict[str, str]:
+    return {
+        "video": "png" if muxer == "image2" else "h264",
+        "audio": "mp3" if muxer == "mp3" else "aac",
+    }
+
+
+# FFmpeg's names for the codecs above, to ask its muxers whether they take them.
+_FFMPEG_CODECS = {"h264": "h264", "png": "png", "aac": "aac", "mp3": "mp3"}
+
+
+def ffmpeg_type(file: object, format: str | None) -> RecordingType:
+    """The type of an output FFmpeg writes: the format FFmpeg picks (``format``, else its
+    guess from the file name: ``x.flv``, ``frames-%03d.png``), and for each kind the codec
+    aiortc's recorder would use, if the muxer takes it. ``NotSupportedError`` (with the
+    reason) when FFmpeg cannot write it or it would hold nothing.
+    """
+    path = os.fsdecode(file) if isinstance(file, (str, os.PathLike)) else None
+    what = f"format {format!r}" if format is not None else f"{path!r}"
+    try:
+        probe = av.open(path if path is not None else io.BytesIO(), "w", format=format)
+    except (ValueError, av.FFmpegError) as exc:
+        raise NotSupportedError(f"FFmpeg cannot write {what}: {exc}") from None
+    try:
+        muxer = str(probe.format.name)
+        codecs = {
+            kind: codec
+            for kind, codec in _aiortc_codecs(muxer).items()
+            if _muxer_takes(probe, kind, codec)
+        }
+        opens_files = bool(probe.format.no_file)
+    finally:
+        probe.close()
+    if not codecs:
+        raise NotSupportedError(
+            f"FFmpeg's {muxer} muxer takes neither of the codecs aiortc's recorder writes "
+            f"into it ({', '.join(_aiortc_codecs(muxer).values())})"
+        )
+    if opens_files and path is None:
+        raise NotSupportedError(f"FFmpeg's {muxer} muxer writes files by name: give a path")
+    output = FfmpegFormat(muxer, codecs.get("video"), codecs.get("audio"), opens_files)
+    mime = _ffmpeg_mime(output, path)
+    video = (output.video,) if output.video else ()
+    audio = (output.audio,) if output.audio else ()
+    container = Container(muxer, video, audio, output.video, output.audio or "", mime, mime)
+    return RecordingType(
+        mime, container, output.video is not None, output.video, output.audio, True, output
+    )
+
+
+def _muxer_takes(probe: av.container.OutputContainer, kind: str, codec: str) -> bool:
+    """Whether the muxer has room for ``kind`` and does not refuse ``codec`` for it."""
+    default = probe.default_video_codec if kind == "video" else probe.default_audio_codec
+    if default == "none":
+        return False
+    try:
+        probe.add_mux_stream(_FFMPEG_CODECS[codec])
+    except ValueError:
+        return False
+    return True
+
+
+# Python's own table of types (not the machine's), for what FFmpeg writes.
+_MIME_TABLE = mimetypes.MimeTypes()
+
+
+def _ffmpeg_mime(output: FfmpegFormat, path: str | None) -> str:
+    """The type of an FFmpeg output: image sequences by their pictures' codec; other
+    outputs by the file's suffix, else the format's usual suffixes."""
+    if output.muxer == "image2":
+        return "image/png"
+    names = [path] if path is not None else []
+    suffixes = sorted(av.format.ContainerFormat(output.muxer, "w").extensions)
+    names += [f"x.{suffix}" for suffix in suffixes]
+    for name in names:
+        guessed, _ = _MIME_TABLE.guess_type(name)
+        if guessed is not None:
+            return guessed
+    return "application/octet-stream"
 
 
 def supported_types() -> list[str]:

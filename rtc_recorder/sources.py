@@ -1,14 +1,16 @@
 """Sources: how each recorded track's media reaches the writer, on the event loop.
 
 - :class:`EncodedInput` takes the encoded frames of a track received by an aiortc peer
-  connection, straight from its receiver (no decoding), asks the sender for keyframes
-  (RTCP PLI) on start, on resume and after loss, and drops video until one arrives.
+  connection, straight from its receiver's tap (no decoding), asks the sender for
+  keyframes (RTCP PLI) on start, on resume and after loss, and drops video until one
+  arrives.
 - :class:`DecodedInput` reads decoded frames from any track (``track.recv()``).
 
-Both stamp each frame with its output time through the recording's
-:class:`~rtc_recorder.timeline.Timeline`, drop what falls in a pause (media keeps being
-consumed), and hand the rest to the writer thread. Nothing here costs more than a few
-arithmetic operations per frame.
+Both ask the timing (:mod:`rtc_recorder.timing`) where each frame lands: its stream's
+clock gives its reference instant, the recording's timeline its output time (or none, in
+a pause). What falls outside the recording is dropped (media keeps being consumed); the
+rest goes to the writer thread. Nothing here costs more than a few arithmetic operations
+per frame.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .bitstream import opus
 from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
-from .receive.hooks import EncodedFrame, ReceiverTap, SenderReport
-from .timeline import FrameInterval, SyncGroup, Timeline, TrackClock
+from .receive.hooks import EncodedFrame, ReceiverTap, Subscription
+from .timing import StreamClock, Timeline
 from .writer import RecordingWriter
 
 logger = logging.getLogger("rtc_recorder")
@@ -35,6 +39,13 @@ logger = logging.getLogger("rtc_recorder")
 KEYFRAME_RETRY = 1.0  # seconds before asking again for a keyframe that has not come
 LOSS_PLI_INTERVAL = 0.25  # at most one keyframe request per this many seconds for losses
 CONTAINER_TICK_US = 1000  # the coarsest container tick (Matroska's millisecond)
+OVERLAP_TOLERANCE_US = 1000  # audio may start this much before the previous one ends
+MAX_PENDING = 600  # frames held while a stream waits for its sender's first report
+DEFAULT_AUDIO_US = 20_000
+# After a stop, media taken before it is awaited for at most this long (seconds).
+STOP_DRAIN = 0.5
+# Audio settles a (re)start video has left open this long (a video stream that is silent).
+AUDIO_OPEN_DEADLINE = 5.0
 
 
 @dataclass
@@ -47,7 +58,12 @@ class InputCounters:
     frames_dropped_incomplete: int = 0
     frames_dropped_backlog: int = 0
     frames_dropped_late: int = 0
+    frames_dropped_overlapping: int = 0
+    frames_dropped_unsynchronised: int = 0
     keyframe_requests: int = 0
+
+
+Ended = Callable[["TrackInput", BaseException | None], None]
 
 
 class TrackInput(ABC):
@@ -59,8 +75,7 @@ class TrackInput(ABC):
         track: MediaStreamTrack,
         timeline: Timeline,
         writer: RecordingWriter,
-        on_ended: Callable[[TrackInput, BaseException | None], None],
-        clock: TrackClock,
+        on_ended: Ended,
     ) -> None:
         self.index = index
         self.track = track
@@ -70,16 +85,20 @@ class TrackInput(ABC):
         self._timeline = timeline
         self._writer = writer
         self._on_ended = on_ended
-        self._clock = clock
         self._restart = True
-        self._interval = FrameInterval()
         self._last_out: int | None = None
-        self._floor = 0  # µs: video resumed after a pause starts after the cut
+        self._last_end: int | None = None  # audio: where the last packet written ends
+        self._floor = 0  # µs: media resumed after a pause starts after the cut
 
     @property
+    @abstractmethod
     def synchronised(self) -> bool:
         """Whether this track's timing comes from its sender's reports."""
-        return self._clock.synchronised
+
+    @property
+    @abstractmethod
+    def grid(self) -> float:
+        """The frame interval of the grid this (video) track's frames sit on."""
 
     @abstractmethod
     def start(self) -> None:
@@ -89,48 +108,57 @@ class TrackInput(ABC):
     def stop(self) -> None:
         """Take no more media."""
 
+    def drain(self, done: Callable[[], None]) -> None:
+        """The recording has stopped: take what is still on its way from before the stop,
+        then stop and call ``done``."""
+        self.stop()
+        done()
+
     def resume(self) -> None:
-        """Recording goes on after a pause: video must start again on a keyframe, after the
-        cut (a pause removes whole frame intervals, rounded, so resumed video could land
-        among the frames still arriving from before the pause)."""
+        """Recording goes on after a pause: video must start again on a keyframe, and
+        everything after the cut (a pause removes whole frame intervals, rounded, so
+        resumed media could land among what was recorded before the pause)."""
         self._restart = True
-        cuts = self._timeline.cuts()
-        if cuts:
-            self._floor = round(cuts[-1] * MICROSECOND) + CONTAINER_TICK_US
+        self._floor = round(self._timeline.resumed_floor() * MICROSECOND)
+        if self.kind == "video":
+            self._floor += CONTAINER_TICK_US
 
     def _end(self, error: BaseException | None = None) -> None:
         if not self.ended:
             self.ended = True
             self._on_ended(self, error)
 
-    def _output_time(self, media: float, arrival: float) -> int | None:
-        """The frame's output time in µs, or None (counted) when it falls outside the
-        recording, or (video) would not come after the frame before it: a pause cuts out
-        whole frame intervals, so right after a resume a frame may land on the last one's
-        slot."""
-        if self.kind == "video":
-            interval = self._interval.add(media)
-            if interval is not None:
-                self._timeline.quantum = interval
-        out = self._timeline.output_time(self._clock.reference(media, arrival))
+    def _place(self, reference: float, duration: int) -> int | None:
+        """The output time (µs) of media at reference instant ``reference`` lasting
+        ``duration`` µs (audio), or None (counted) when it falls outside the recording or
+        would not come after what this track wrote last."""
+        out = self._timeline.output_time(reference)
         if out is None:
             self.counters.frames_dropped_paused += 1
             return None
         micros = round(out * MICROSECOND)
-        if self.kind == "video" and (
-            micros < self._floor or (self._last_out is not None and micros <= self._last_out)
-        ):
+        if micros < self._floor:
             self.counters.frames_dropped_late += 1
+            return None
+        if self.kind == "video":
+            if self._last_out is not None and micros < self._last_out + CONTAINER_TICK_US:
+                self.counters.frames_dropped_late += 1
+                return None
+        elif self._last_end is not None and micros < self._last_end - OVERLAP_TOLERANCE_US:
+            self.counters.frames_dropped_overlapping += 1
             return None
         return micros
 
-    def _submit(self, out: int, payload: EncodedFrame | av.AudioFrame | av.VideoFrame) -> bool:
+    def _submit(
+        self, out: int, duration: int, payload: EncodedFrame | av.AudioFrame | av.VideoFrame
+    ) -> bool:
         """Hand a frame to the writer; False (counted) if the writer is too far behind."""
         if not self._writer.submit(MediaItem(self.index, out, payload, self._restart)):
             self.counters.frames_dropped_backlog += 1
             return False
         self._restart = False
         self._last_out = out
+        self._last_end = out + duration
         return True
 
 
@@ -144,17 +172,13 @@ class EncodedInput(TrackInput):
         track: MediaStreamTrack,
         timeline: Timeline,
         writer: RecordingWriter,
-        on_ended: Callable[[TrackInput, BaseException | None], None],
+        on_ended: Ended,
         tap: ReceiverTap,
-        group: SyncGroup,
         *,
-        leading: bool = True,
         keyframe_interval_us: int | None = None,
         keyframe_interval_count: int | None = None,
     ) -> None:
-        clock = TrackClock(group, leading=leading)
-        super().__init__(index, track, timeline, writer, on_ended, clock)
-        self._leading = leading
+        super().__init__(index, track, timeline, writer, on_ended)
         self._tap = tap
         self._keyframe_interval_us = keyframe_interval_us
         self._keyframe_interval_count = keyframe_interval_count
@@ -162,30 +186,53 @@ class EncodedInput(TrackInput):
         self._requested_at: float | None = None
         self._last_key_out: int | None = None
         self._frames_since_key = 0
-        self._report: SenderReport | None = None
+        self._clock: StreamClock | None = None  # the stream's clock, once a frame came
+        self._ready_since: float | None = None  # when frames could first be placed
+        self._draining: Callable[[], None] | None = None  # called once drained after a stop
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._pending: deque[EncodedFrame] = deque()
+        self._subscription = Subscription(self._on_frame, self._end, self._end)
+
+    @property
+    def synchronised(self) -> bool:
+        return self._clock is not None and self._clock.synchronised
+
+    @property
+    def grid(self) -> float:
+        return self._tap.frame_grid
 
     def start(self) -> None:
-        self._seed_clock()
-        self._tap.subscribe(self._on_frame, self._end)
+        self._tap.subscribe(self._subscription)
         if self._tap.ended:
             self._end()
         else:
             self._request_keyframe()
 
-    def _seed_clock(self) -> None:
-        """A leading track that was already flowing places its sender's clock now, from the
-        last frame and report its receiver saw, so that the tracks following it are placed
-        right from their first frame (whichever track's frame comes first)."""
-        last, report = self._tap.last_frame, self._tap.sender_report
-        if not self._leading or last is None or report is None:
-            return
-        arrival, timestamp, rate = last
-        self._report = report
-        self._clock.sender_report(report.ntp_seconds, report.timestamp / rate)
-        self._clock.reference(timestamp / rate, arrival)
-
     def stop(self) -> None:
-        self._tap.unsubscribe(self._on_frame, self._end)
+        self._tap.unsubscribe(self._subscription)
+        self._drain()  # the recording has stopped: nothing waits for a (re)start any more
+        self.counters.frames_dropped_unsynchronised += len(self._pending)
+        self._pending.clear()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def drain(self, done: Callable[[], None]) -> None:
+        """Frames taken before the stop may still be on their way (a sender's queue, the
+        network): wait for them until a frame from after the stop arrives, or at most
+        :data:`STOP_DRAIN` seconds."""
+        if self.ended or self._tap.ended or self._clock is None:
+            super().drain(done)
+            return
+        self._draining = done
+        self._drain_timer = asyncio.get_running_loop().call_later(STOP_DRAIN, self._drained)
+        self._drain()
+
+    def _drained(self) -> None:
+        done, self._draining = self._draining, None
+        if done is not None:
+            self.stop()
+            done()
 
     def resume(self) -> None:
         super().resume()
@@ -199,45 +246,114 @@ class EncodedInput(TrackInput):
             self._requested_at = time.monotonic()
 
     def _lost(self) -> None:
+        """A video frame is missing: what follows cannot be decoded until a keyframe."""
         self._needs_keyframe = True
+        self._ask_after_loss()
+
+    def _ask_after_loss(self) -> None:
         if self._requested_at is None or time.monotonic() - self._requested_at > LOSS_PLI_INTERVAL:
             self._request_keyframe()
 
     def _on_frame(self, frame: EncodedFrame) -> None:
         self.counters.frames_received += 1
-        report = self._tap.sender_report
-        if report is not None and report is not self._report:
-            self._report = report
-            self._clock.sender_report(report.ntp_seconds, report.timestamp / frame.clock_rate)
-        if self.kind == "video" and not frame.complete:
-            self.counters.frames_dropped_incomplete += 1
-            self._lost()
-            return
-        keyframe = self.kind == "video" and is_keyframe(frame.codec, frame.data)
-        if frame.gap and self.kind == "video" and not keyframe:
-            self.counters.frames_dropped_incomplete += 1
-            self._lost()
-            return
+        if self._unusable(frame):
+            self._ask_after_loss()  # now; the frame itself is dropped in its turn
+        self._clock = self._tap.clock(frame.ssrc, frame.clock_rate)
+        if self.kind == "video":
+            if self._clock.ready:
+                if self._ready_since is None:
+                    self._ready_since = frame.arrival
+                self._timeline.settle_if_late(frame.arrival, since=self._ready_since)
+        else:
+            self._timeline.settle_if_late(frame.arrival, AUDIO_OPEN_DEADLINE)
+        self._pending.append(frame)
+        if len(self._pending) > MAX_PENDING:
+            self._pending.popleft()
+            self.counters.frames_dropped_unsynchronised += 1
+        self._drain()
+
+    def _unusable(self, frame: EncodedFrame) -> bool:
+        """Whether a video frame cannot be decoded: packets of it were lost, or packets
+        before it and it is not a keyframe."""
+        if self.kind != "video" or (frame.complete and not frame.gap):
+            return False
+        return not frame.complete or not is_keyframe(frame.codec, frame.data)
+
+    def _drain(self) -> None:
+        """Place the frames that can be placed, in order. A frame waits while its stream's
+        sender has not said when it was live (its first sender report), and while the
+        recording's latest (re)start waits for video to settle it (which this track's
+        first keyframe does, if it is video)."""
+        while self._pending:
+            frame = self._pending[0]
+            if self._unusable(frame):
+                self._pending.popleft()
+                self.counters.frames_dropped_incomplete += 1
+                self._lost()
+                continue
+            reference = frame.reference
+            if reference is None:
+                clock = self._tap.clock(frame.ssrc, frame.clock_rate)
+                reference = frame.reference = clock.reference(frame.timestamp, frame.arrival)
+            if reference is None:
+                return
+            if self._draining is not None and self._timeline.after_stop(reference):
+                self._drained()
+                return
+            keyframe = self.kind == "video" and is_keyframe(frame.codec, frame.data)
+            if self._timeline.holds(reference):
+                if keyframe and self._timeline.can_settle_at(reference):
+                    self._timeline.settle(reference, after=CONTAINER_TICK_US / MICROSECOND)
+                elif self.kind == "video":
+                    # Before the keyframe the resume waits for: of no use. A keyframe
+                    # taken before the resume answered our request too early: ask again.
+                    self._pending.popleft()
+                    self.counters.frames_dropped_paused += 1
+                    if keyframe:
+                        self._request_keyframe()
+                    continue
+                else:
+                    return
+            self._pending.popleft()
+            self._place_frame(frame, reference, keyframe)
+
+    def _place_frame(self, frame: EncodedFrame, reference: float, keyframe: bool) -> None:
         late = self.counters.frames_dropped_late
-        out = self._output_time(frame.timestamp / frame.clock_rate, frame.arrival)
+        out = self._place(reference, self._duration(frame))
         if out is None:
-            if self.counters.frames_dropped_late > late:
+            if keyframe and self._needs_keyframe:
+                # The sender answered our request with a picture it took before the
+                # recording (re)started: ask again at once.
+                self._request_keyframe()
+            elif self.counters.frames_dropped_late > late and self.kind == "video":
                 self._lost()  # what follows would reference the dropped frame
             return
         if self._needs_keyframe:
             if not keyframe:
-                self.counters.frames_dropped_waiting_for_keyframe += 1
-                if (
-                    self._requested_at is None
-                    or time.monotonic() - self._requested_at > KEYFRAME_RETRY
-                ):
-                    self._request_keyframe()
+                self._waiting_for_keyframe()
                 return
             self._needs_keyframe = False
         if self.kind == "video":
             self._keyframe_schedule(out, keyframe)
-        if not self._submit(out, frame) and self.kind == "video":
+        if not self._submit(out, self._duration(frame), frame) and self.kind == "video":
             self._lost()
+
+    def _waiting_for_keyframe(self) -> None:
+        """A video frame dropped while waiting for a keyframe (asked again now and then)."""
+        self.counters.frames_dropped_waiting_for_keyframe += 1
+        if self._requested_at is None or time.monotonic() - self._requested_at > KEYFRAME_RETRY:
+            self._request_keyframe()
+
+    def _duration(self, frame: EncodedFrame) -> int:
+        """How long an audio frame lasts (µs); 0 for video."""
+        if self.kind == "video":
+            return 0
+        if frame.codec == "opus":
+            try:
+                return opus.packet_samples(frame.data) * MICROSECOND // opus.SAMPLE_RATE
+            except ValueError:
+                return DEFAULT_AUDIO_US
+        return DEFAULT_AUDIO_US
 
     def _keyframe_schedule(self, out: int, keyframe: bool) -> None:
         """Honour the recorder's keyframe interval by asking the sender for keyframes."""
@@ -261,7 +377,7 @@ class EncodedInput(TrackInput):
 
 
 class DecodedInput(TrackInput):
-    """Decoded frames read from any track with ``recv()``."""
+    """Decoded frames read from any track with ``recv()``, placed by their own timestamps."""
 
     def __init__(
         self,
@@ -269,10 +385,19 @@ class DecodedInput(TrackInput):
         track: MediaStreamTrack,
         timeline: Timeline,
         writer: RecordingWriter,
-        on_ended: Callable[[TrackInput, BaseException | None], None],
+        on_ended: Ended,
     ) -> None:
-        super().__init__(index, track, timeline, writer, on_ended, TrackClock())
+        super().__init__(index, track, timeline, writer, on_ended)
+        self.clock = StreamClock(MICROSECOND)
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def synchronised(self) -> bool:
+        return False
+
+    @property
+    def grid(self) -> float:
+        return self.clock.frames.grid
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._read())
@@ -302,11 +427,15 @@ class DecodedInput(TrackInput):
             )
         self.counters.frames_received += 1
         arrival = time.monotonic()
-        media = (
-            float(frame.pts * frame.time_base)
-            if frame.pts is not None and frame.time_base
-            else arrival
-        )
-        out = self._output_time(media, arrival)
+        if frame.pts is not None and frame.time_base:
+            timestamp = round(frame.pts * frame.time_base * MICROSECOND)
+        else:
+            timestamp = round(arrival * MICROSECOND)
+        reference = self.clock.reference(timestamp, arrival)
+        assert reference is not None  # a clock without a sender always answers
+        duration = 0
+        if isinstance(frame, av.AudioFrame) and frame.sample_rate:
+            duration = frame.samples * MICROSECOND // frame.sample_rate
+        out = self._place(reference, duration)
         if out is not None:
-            self._submit(out, frame)
+            self._submit(out, duration, frame)

@@ -7,32 +7,34 @@ finalized.
 
 The container header needs every track's format, which video only reveals with its
 first keyframe, so samples wait (bounded by :data:`HEADER_DEADLINE`) until all tracks
-are described; a track still silent by then is left out of the recording. The output
-timeline starts at the earliest sample written, so files start at 0.
+are described; a track still silent by then is left out of the recording. Where the
+file's time 0 lies is the timing's decision (:func:`rtc_recorder.timing.file_origin`);
+samples are written at the times they come with, which the sources keep in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .containers.base import ContainerWriter, Sample, TrackFormat
-from .encoding import MediaItem, TrackProcessor
+from .encoding import MICROSECOND, MediaItem, TrackProcessor
 from .mimetype import RecordingType
 from .sink import Sink
+from .timing import DEFAULT_FRAME_INTERVAL, file_origin
 
 logger = logging.getLogger("rtc_recorder")
 
+BATCH_SECONDS = 0.1  # how often frames go over to the thread
 HEADER_DEADLINE = 3.0  # seconds of waiting for a silent track before writing without it
 BACKLOG_LIMIT = 64 * 1024 * 1024  # bytes queued for the thread before frames are refused
 VIDEO_FRAME_US = 33_333  # assumed length of a last video frame
-MIN_VIDEO_SPACING_US = 1000  # Matroska's tick: two frames in one tick would share a timestamp
-HALF_FRAME_GUARD_US = 2000  # a first audio packet this close to half a frame off the grid goes
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class WriterStats:
 
     samples: dict[int, int] = field(default_factory=dict)
     bytes: dict[int, int] = field(default_factory=dict)
-    overlapping: dict[int, int] = field(default_factory=dict)  # audio dropped, see _keep_in_order
+    overlapping: dict[int, int] = field(default_factory=dict)  # audio left out at time 0
+    out_of_order: dict[int, int] = field(default_factory=dict)  # samples refused (a bug)
     chunks: int = 0
     duration_us: int = 0
     base_us: int = 0  # output time (before zero-basing) of the file's time 0
@@ -81,6 +84,10 @@ def open_container(
     recording: RecordingType, sink: Sink, tracks: list[TrackFormat]
 ) -> ContainerWriter:
     """The writer for the recording's container."""
+    from .ffmpeg_output import FfmpegMuxer, FfmpegSink
+
+    if isinstance(sink, FfmpegSink):
+        return FfmpegMuxer(sink, tracks)
     name = recording.container.name
     if name in ("webm", "matroska"):
         from .containers.matroska import MatroskaWriter
@@ -119,6 +126,8 @@ class RecordingWriter:
         self._notify = notify
         self._timeslice_us = timeslice_us
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._batch: list[MediaItem] = []  # gathered on the event loop
+        self._batch_timer: asyncio.TimerHandle | None = None
         self._thread = threading.Thread(target=self._run, name="rtc-recorder-writer", daemon=True)
         self.stats = WriterStats()
         self._submitted_bytes = 0  # written by the event loop only
@@ -146,20 +155,41 @@ class RecordingWriter:
         return self._submitted_bytes - self._processed_bytes
 
     def submit(self, item: MediaItem) -> bool:
-        """Queue a frame; False (and nothing queued) when the thread is too far behind."""
+        """Queue a frame; False (and nothing queued) when the thread is too far behind.
+
+        Frames are handed over in batches, every :data:`BATCH_SECONDS`: waking the thread
+        for every frame would cost more than what it does with one."""
         size = item.size
         if self.backlog + size > BACKLOG_LIMIT:
             return False
         self._submitted_bytes += size
-        self._queue.put(item)
+        self._batch.append(item)
+        if self._batch_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # driven from a thread of the caller's: no batching
+                self._hand_over()
+                return True
+            self._batch_timer = loop.call_later(BATCH_SECONDS, self._hand_over)
         return True
+
+    def _hand_over(self) -> None:
+        """Give the thread the frames gathered so far."""
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._queue.put(batch)
 
     def request_data(self) -> None:
         """Ask for a chunk with everything gathered so far."""
+        self._hand_over()
         self._queue.put(_RequestData())
 
     def close(self) -> None:
         """Finish the recording: the thread finalizes the output, reports the last chunk, ends."""
+        self._hand_over()
         self._queue.put(_Close())
 
     def join(self, timeout: float | None = None) -> None:
@@ -178,16 +208,19 @@ class RecordingWriter:
             if isinstance(command, _Close):
                 self._finish()
                 return
-            try:
-                if isinstance(command, _RequestData):
-                    self._cut(requested=True)
-                elif not self._failed:
-                    self._handle(command)
-            except Exception as exc:
-                self._fail(exc)
-            finally:
-                if isinstance(command, MediaItem):
-                    self._processed_bytes += command.size
+            if isinstance(command, _RequestData):
+                self._guarded(self._cut, requested=True)
+                continue
+            for item in command:
+                if not self._failed:
+                    self._guarded(self._handle, item)
+                self._processed_bytes += item.size
+
+    def _guarded(self, action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        try:
+            action(*args, **kwargs)
+        except Exception as exc:
+            self._fail(exc)
 
     def _handle(self, item: MediaItem) -> None:
         processor = self._processors[item.track]
@@ -220,50 +253,51 @@ class RecordingWriter:
                 )
                 self.stats.dropped_tracks.append(processor.index)
         self._slots = {p.index: slot for slot, p in enumerate(described)}
-        formats = [p.format for p in described if p.format is not None]
+        interval = self._quantum() or DEFAULT_FRAME_INTERVAL
+        formats = [self._with_hint(p, interval) for p in described]
         self._container = open_container(self._recording, self._sink, formats)
         self.stats.header_written = True
         pending = sorted((s for s in self._pending if s.track in self._slots), key=lambda s: s.time)
         self._pending = []
-        self._base = self.stats.base_us = self._time_zero(pending)
+        self._base = self.stats.base_us = self._time_zero(pending, interval)
         for sample in pending:
             self._write(sample)
 
-    def _time_zero(self, samples: list[Sample]) -> int:
-        """Where the file's time 0 goes: at the earliest sample, moved back (by less than a
-        frame) so that video frames fall on the grid of their frame interval.
+    def _with_hint(self, processor: TrackProcessor, interval: float) -> TrackFormat:
+        """A video track's format with its frame interval, for players to know the rate."""
+        track_format = processor.format
+        assert track_format is not None
+        if processor.kind != "video":
+            return track_format
+        return replace(track_format, frame_interval=round(interval * 1_000_000_000))
 
-        Players and FFmpeg count video frames from the file's first packet; when that is
-        audio half a frame interval off the video's grid, FFmpeg rounds neighbouring frames
-        onto one tick. Such a first audio packet is dropped (counted with the overlapping
-        audio): the next one, 20 ms later, is well off the half-way point. ``samples`` is
-        sorted by time and loses what is dropped."""
-        video = [s.time for s in samples if self._processors[s.track].kind == "video"]
-        if not video:
-            return samples[0].time if samples else 0
-        # Until a track has shown its frame rate (a stream that begins with this keyframe),
-        # assume the usual 30 frames a second; slower rates of 30/n share its grid.
-        step = round((self._quantum() or VIDEO_FRAME_US / 1_000_000) * 1_000_000)
-        first = min(video)
-        while True:
-            earliest = samples[0]
-            zero = first - -(-(first - earliest.time) // step) * step
-            if (
-                self._processors[earliest.track].kind == "video"
-                or abs(earliest.time - zero - step / 2) > HALF_FRAME_GUARD_US
-            ):
-                return zero
-            samples.pop(0)
-            self._count_dropped_audio(earliest.track)
+    def _time_zero(self, samples: list[Sample], interval: float) -> int:
+        """Where the file's time 0 goes (see :func:`~rtc_recorder.timing.file_origin`);
+        ``samples`` (sorted by time) loses the audio packets left out."""
+        video = [s.time / MICROSECOND for s in samples if self._is_video(s.track)]
+        audio = [s for s in samples if not self._is_video(s.track)]
+        origin, dropped = file_origin(video, [s.time / MICROSECOND for s in audio], interval)
+        for sample in audio[:dropped]:
+            samples.remove(sample)
+            self.stats.overlapping[sample.track] = self.stats.overlapping.get(sample.track, 0) + 1
+        return round(origin * MICROSECOND)
 
-    def _count_dropped_audio(self, track: int) -> None:
-        self.stats.overlapping[track] = self.stats.overlapping.get(track, 0) + 1
+    def _is_video(self, track: int) -> bool:
+        return self._processors[track].kind == "video"
 
     def _write(self, sample: Sample) -> None:
         assert self._container is not None
         sample.time -= self._base
-        if not self._keep_in_order(sample):
+        track = sample.track
+        last = self._last.get(track)
+        if sample.time < 0 or (
+            last is not None and sample.time <= last[0] and self._is_video(track)
+        ):
+            # The sources keep each track in order; a sample out of order is left out
+            # rather than allowed to damage the file.
+            self.stats.out_of_order[track] = self.stats.out_of_order.get(track, 0) + 1
             return
+        self._last[track] = (sample.time, sample.duration)
         if (
             self._timeslice_us is not None
             and self._chunk_start is not None
@@ -272,32 +306,12 @@ class RecordingWriter:
             self._cut()
         if self._chunk_start is None:
             self._chunk_start = sample.time
-        track = sample.track
         sample.track = self._slots[track]
         self._container.write(sample)
         self.stats.samples[track] = self.stats.samples.get(track, 0) + 1
         self.stats.bytes[track] = self.stats.bytes.get(track, 0) + len(sample.data)
         end = sample.time + (sample.duration or self._frame_length(track))
         self.stats.duration_us = max(self.stats.duration_us, end)
-
-    def _keep_in_order(self, sample: Sample) -> bool:
-        """Keep each track's times increasing: a video frame that would not come at least a
-        millisecond (the coarsest container tick) after its predecessor is moved there;
-        audio that would overlap what is written is dropped (this happens once, when a
-        track's clock is corrected by a sender report)."""
-        last = self._last.get(sample.track)
-        audio = self._processors[sample.track].kind == "audio"
-        if sample.time < 0 and not audio:
-            sample.time = 0
-        if audio and (
-            sample.time < 0 or (last is not None and sample.time < last[0] + last[1] - 1000)
-        ):
-            self._count_dropped_audio(sample.track)
-            return False
-        if not audio and last is not None and sample.time < last[0] + MIN_VIDEO_SPACING_US:
-            sample.time = last[0] + MIN_VIDEO_SPACING_US
-        self._last[sample.track] = (sample.time, sample.duration)
-        return True
 
     def _frame_length(self, track: int) -> int:
         return VIDEO_FRAME_US if self._processors[track].kind == "video" else 20_000

@@ -4,11 +4,12 @@ handler (an error escaping a callback or a task nobody awaited)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
+from .server_support import hold_ice_to_loopback
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +24,5 @@ async def strict_loop() -> AsyncIterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def loopback_only() -> None:
-    """WebRTC in the tests stays on 127.0.0.1: ICE gathers no other interface and asks no
-    STUN server (aiortc's default is a public one)."""
-    import aioice.ice
-    from aiortc.rtcicetransport import RTCIceGatherer
-
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-    RTCIceGatherer.getDefaultIceServers = staticmethod(lambda: [])  # type: ignore[method-assign]
-    logging.getLogger("aioice").setLevel(logging.WARNING)
+    """WebRTC in the tests stays on 127.0.0.1 (see :func:`hold_ice_to_loopback`)."""
+    hold_ice_to_loopback()

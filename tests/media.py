@@ -8,7 +8,7 @@ import fractions
 import math
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,10 +62,13 @@ class SyntheticVideo(MediaStreamTrack):
         fps: int = 30,
         sizes: Sequence[tuple[float, int, int]] = (),
         noise: bool = False,
+        schedule: Callable[[int], float] | None = None,
     ) -> None:
         super().__init__()
         self.clock = clock or Clock()
         self.fps = fps
+        # When each frame is taken (source seconds, by index): a steady rate by default.
+        self.schedule = schedule or (lambda index: index / fps)
         self.sizes = [(0.0, width, height), *sizes]
         self.noise = noise
         self._index = 0
@@ -88,7 +91,7 @@ class SyntheticVideo(MediaStreamTrack):
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        t = self._index / self.fps
+        t = self.schedule(self._index)
         self._index += 1
         delay = t - self.clock.now()
         if delay > 0:
@@ -223,33 +226,67 @@ def duration(info: dict[str, StreamInfo]) -> float:
     return max(s.end for s in info.values()) - min(s.start for s in info.values())
 
 
+def decoded_pictures(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
+    """Every decoded video frame of a file: (time in seconds, luma as height x width)."""
+    with av.open(str(path)) as source:
+        for frame in source.decode(video=0):
+            if frame.pts is not None:
+                yield float(frame.pts * frame.time_base), frame.to_ndarray(format="gray")
+
+
+def decoded_sound(path: str | Path) -> list[tuple[float, int, np.ndarray]]:
+    """A file's audio decoded, first channel only, on a 16-bit scale, as runs of
+    contiguous samples: (start time in seconds, sample rate, samples). A new run starts
+    wherever a decoded frame does not begin where the previous one ended."""
+    runs: list[tuple[float, int, list[np.ndarray]]] = []
+    end = None
+    with av.open(str(path)) as source:
+        for frame in source.decode(audio=0):
+            if frame.pts is None:
+                continue
+            start = float(frame.pts * frame.time_base)
+            samples = frame.to_ndarray()
+            scale = 32768.0 if np.issubdtype(samples.dtype, np.floating) else 1.0
+            channel = (samples[0] if samples.ndim > 1 else samples).astype(np.float64) * scale
+            if not frame.format.is_planar and len(frame.layout.channels) > 1:
+                channel = channel[:: len(frame.layout.channels)]
+            if end is None or abs(start - end) > 0.5 / frame.sample_rate + 1e-6:
+                runs.append((start, frame.sample_rate, []))
+            runs[-1][2].append(channel)
+            end = start + frame.samples / frame.sample_rate
+    return [(start, rate, np.concatenate(parts)) for start, rate, parts in runs]
+
+
+def beep_onsets(path: str | Path, loud: float = 3000.0, spacing: float = 0.5) -> list[float]:
+    """Times at which beeps start, to the sample: a beep is found where the RMS of 5 ms
+    of sound exceeds ``loud`` (on a 16-bit scale) at least ``spacing`` seconds after the
+    previous one; it starts at the first sample (looking from 5 ms before) whose magnitude
+    reaches 30 % of the beep's peak over the next 20 ms (a tone starting at any phase
+    crosses that within a twentieth of its period: 0.05 ms, 2-3 samples, at 1 kHz)."""
+    onsets: list[float] = []
+    for start, rate, samples in decoded_sound(path):
+        block = rate // 200
+        count = len(samples) // block
+        if not count:
+            continue
+        energy = np.sqrt(np.mean(samples[: count * block].reshape(count, block) ** 2, axis=1))
+        for index in np.flatnonzero(energy > loud):
+            first = max(0, (index - 1) * block)
+            if onsets and start + (index + 1) * block / rate - onsets[-1] < spacing:
+                continue
+            window = np.abs(samples[first : index * block + 4 * block])
+            onset = first + int(np.argmax(window >= 0.3 * window.max()))
+            onsets.append(start + onset / rate)
+    return onsets
+
+
 def flash_times(path: str | Path) -> tuple[list[float], list[float]]:
     """Output times at which the video turns white and the audio starts beeping."""
     flashes: list[float] = []
-    beeps: list[float] = []
-    with av.open(str(path)) as source:
-        for frame in source.decode(*[s for s in source.streams if s.type in ("audio", "video")]):
-            if frame.pts is None:
-                continue
-            t = float(frame.pts * frame.time_base)
-            if isinstance(frame, av.VideoFrame):
-                luma = frame.to_ndarray(format="gray")
-                bright = float(luma.mean()) > 230
-                if bright and (not flashes or t - flashes[-1] > 0.5):
-                    flashes.append(t)
-            else:
-                samples = frame.to_ndarray().astype(np.float64)
-                if samples.ndim > 1:
-                    samples = samples[0]
-                if np.issubdtype(frame.to_ndarray().dtype, np.floating):
-                    samples = samples * 32768
-                block = 240  # 5 ms
-                for offset in range(0, len(samples) - block + 1, block):
-                    loud = np.sqrt(np.mean(samples[offset : offset + block] ** 2)) > 3000
-                    at = t + offset / frame.sample_rate
-                    if loud and (not beeps or at - beeps[-1] > 0.5):
-                        beeps.append(at)
-    return flashes, beeps
+    for t, luma in decoded_pictures(path):
+        if float(luma.mean()) > 230 and (not flashes or t - flashes[-1] > 0.5):
+            flashes.append(t)
+    return flashes, beep_onsets(path)
 
 
 # -- peers ------------------------------------------------------------------------------

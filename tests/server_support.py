@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import ssl
@@ -96,6 +97,17 @@ async def publish(
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     await wait_for(lambda: pc.connectionState == "connected", 10, "the publisher to connect")
     return Publisher(pc, session, location, headers)
+
+
+def hold_ice_to_loopback() -> None:
+    """aiortc's ICE gathers 127.0.0.1 only and asks no STUN server (its default is a
+    public one): WebRTC between the tests' peers stays on this machine."""
+    import aioice.ice
+    from aiortc.rtcicetransport import RTCIceGatherer
+
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+    RTCIceGatherer.getDefaultIceServers = staticmethod(lambda: [])  # type: ignore[method-assign]
+    logging.getLogger("aioice").setLevel(logging.WARNING)
 
 
 def free_port() -> int:

@@ -21,39 +21,27 @@ import aiohttp
 import av
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from rtc_recorder.server.app import create_app
 from rtc_recorder.server.settings import Settings
 
+from .chromium import (
+    BUTTONS,
+    TIMEOUT_MS,
+    click,
+    click_timed,
+    connect,
+    expect_buttons,
+    expect_state,
+    launched_chromium,
+    recorded_seconds,
+    wait_recorded,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-    # Host candidates on 127.0.0.1 too, so ICE works on a machine with no other interface.
-    "--allow-loopback-in-peer-connection",
-]
-TIMEOUT_MS = 15_000
-BUTTONS = {
-    "connect": "Connect",
-    "start": "Start",
-    "pause": "Pause",
-    "resume": "Resume",
-    "stop": "Stop",
-    "hangup": "Hang up",
-}
 TOKEN_KEY = "rtc-recorder.token"
-
-expect.set_options(timeout=TIMEOUT_MS)
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -104,14 +92,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
@@ -128,52 +110,6 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-async def expect_buttons(page: Page, *enabled: str) -> None:
-    """Exactly the buttons ``enabled`` are enabled (each waited for)."""
-    for button_id in BUTTONS:
-        button = page.locator(f"#{button_id}")
-        if button_id in enabled:
-            await expect(button).to_be_enabled()
-        else:
-            await expect(button).to_be_disabled()
-
-
-async def expect_state(page: Page, state: str) -> None:
-    await expect(page.locator("#state")).to_have_attribute("data-state", state)
-    await expect(page.locator("#state")).to_have_text(state.capitalize())
-
-
-async def click(page: Page, label: str) -> None:
-    await page.get_by_role("button", name=label, exact=True).click()
-
-
-async def click_timed(page: Page, label: str, method: str) -> float:
-    """Clicks ``label`` and returns when (seconds, the browser's clock) the server carried
-    out ``method``: the middle of its request, between sending and the first byte back."""
-    async with page.expect_response(
-        lambda r: r.request.method == "POST" and r.url.endswith(f"/{method}")
-    ) as answer:
-        await click(page, label)
-    response = await answer.value
-    assert response.ok, await response.text()
-    timing = response.request.timing
-    sent = max(timing["requestStart"], 0.0)
-    return (timing["startTime"] + (sent + timing["responseStart"]) / 2) / 1000
-
-
-async def wait_recorded(page: Page, seconds: float) -> None:
-    """Until the page's recorded-time clock shows ``seconds``."""
-    await page.wait_for_function(
-        "s => Number(document.querySelector('#elapsed').dataset.seconds) >= s", arg=seconds
-    )
-
-
-async def connect(page: Page) -> None:
-    await click(page, "Connect")
-    await expect(page.locator("#link")).to_have_attribute("data-state", "connected")
-    await expect_buttons(page, "start", "hangup")
 
 
 async def record_briefly(page: Page) -> str:
@@ -257,9 +193,7 @@ async def test_record_pause_resume_stop_then_play(
     resumed = await click_timed(page, "Resume", "resume")
     await expect_state(page, "recording")
     await expect_buttons(page, "pause", "stop", "hangup")
-    await wait_recorded(
-        page, float(await page.locator("#elapsed").get_attribute("data-seconds") or 0) + 1.5
-    )
+    await wait_recorded(page, await recorded_seconds(page) + 1.5)
 
     stopped = await click_timed(page, "Stop", "stop")
     await expect_state(page, "inactive")

@@ -26,7 +26,9 @@ class TrackFormat:
 
     ``config`` is the codec configuration in its container-neutral form: an ``avcC``
     record (H.264), an ``OpusHead`` (Opus), an AudioSpecificConfig (AAC), an ``av1C``
-    record (AV1); empty for VP8, VP9 and PCM (16-bit little endian).
+    record (AV1); empty for VP8, VP9 and PCM (16-bit little endian). ``frame_interval``
+    (nanoseconds, video) is the interval of the frame-rate grid the frames sit on, a hint for
+    players (0: none).
     """
 
     kind: str
@@ -36,6 +38,7 @@ class TrackFormat:
     sample_rate: int = 0
     channels: int = 0
     config: bytes = b""
+    frame_interval: int = 0
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ TRACK_TYPE = 0x83
 FLAG_LACING = 0x9C
 CODEC_ID = 0x86
 CODEC_PRIVATE = 0x63A2
+DEFAULT_DURATION = 0x23E383
 CODEC_DELAY = 0x56AA
 SEEK_PRE_ROLL = 0x56BB
 VIDEO = 0xE0
@@ -210,6 +211,10 @@ class MatroskaWriter(ContainerWriter):
             payload += uint_element(SEEK_PRE_ROLL, OPUS_SEEK_PRE_ROLL_NS)
             pre_skip = int.from_bytes(track.config[10:12], "little") if track.config else 0
             payload += uint_element(CODEC_DELAY, pre_skip * 1_000_000_000 // 48000)
+        if track.kind == "video" and track.frame_interval:
+            # FFmpeg reads its frame rate from this instead of guessing it from the first
+            # timestamps (a guess a stall or a rate change can throw off).
+            payload += uint_element(DEFAULT_DURATION, track.frame_interval)
         if track.kind == "video":
             payload += element(
                 VIDEO,

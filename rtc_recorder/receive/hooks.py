@@ -1,16 +1,23 @@
-"""Every touch of aiortc's private internals, in one place.
+"""Every touch of aiortc's receiver internals, in one place, thin, and never raising.
 
-Pass-through recording needs what aiortc keeps to itself: the encoded frames a
-``RTCRtpReceiver`` re-assembles before handing them to its decoder thread, the RTCP
-sender reports it receives, and its way of sending a picture loss indication. A
-:class:`ReceiverTap` hooks those on one receiver:
+Pass-through recording needs what aiortc keeps to itself: the RTP packets an
+``RTCRtpReceiver`` receives (after SRTP, RTX unwrapping and depayloading), the RTCP
+sender reports, and a way to send a picture loss indication. A :class:`ReceiverTap`
+hooks one receiver:
 
-- the receiver's decoder queue is wrapped so each complete frame goes to the taps'
-  listeners, and to aiortc's decoder only once somebody reads decoded frames from the
-  track (``track.recv()`` is wrapped to notice that);
-- the jitter buffer's ``add`` is wrapped to see the RTP packets of each frame, so a frame
-  that lost packets (or follows lost packets) is flagged;
-- ``_handle_rtcp_packet`` is wrapped to keep the latest sender report.
+- the jitter buffer's ``add`` is wrapped: aiortc's own ``add`` runs first and as before,
+  then the packet goes to this tap's :class:`~.assembler.FrameAssembler`, whose frames go
+  to the subscribers (recordings, forwarders);
+- the decoder queue is wrapped so that aiortc's decoder thread only gets frames once
+  somebody reads decoded frames from the track (``track.recv()`` is wrapped to notice);
+  the end of the stream (aiortc puts ``None``) always goes through;
+- ``_handle_rtcp_packet`` is wrapped to keep the sender reports.
+
+Nothing a tap does can reach aiortc as an exception: every hook runs the tap's part
+guarded, and a failure goes to the subscribers (each fails its own recording) while
+aiortc's path goes on untouched. A tap is installed while something holds it (a
+recorder the track was added to, a subscription); when the last holder lets go, the
+hooks are removed and the receiver is aiortc's own again.
 
 This was written against aiortc 1.16. On any other version, or if one of those
 attributes is missing, :func:`tap_track` logs a warning and returns ``None``: the
@@ -34,19 +41,24 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 
+from ..timing import DEFAULT_FRAME_INTERVAL, SenderClock, SenderReport, StreamClock
+from .assembler import Frame, FrameAssembler, Packet
+
 logger = logging.getLogger("rtc_recorder")
 
 TESTED_AIORTC = ("1.16.",)
-# Seconds a frame may wait in aiortc's jitter buffer for a missing packet, by kind: more
-# than reordering takes, less than the buffer takes to fill (16 audio packets: 320 ms).
-STALL_LIMITS = {"audio": 0.1, "video": 0.3}
+# Seconds a missing packet may hold back what follows it, by kind: video waits for
+# retransmissions (NACK); audio is not retransmitted, so only reordering is waited for.
+WAITS = {"audio": 0.1, "video": 0.5}
+NOT_MEDIA = ("rtx", "red", "ulpfec", "flexfec-03")
 
 _QUEUE = "_RTCRtpReceiver__decoder_queue"
 _JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
-_TIMESTAMP_MAPPER = "_RTCRtpReceiver__timestamp_mapper"
+_CODECS = "_RTCRtpReceiver__codecs"
+_TAP = "_rtc_recorder_tap"
 
 _peer_connections: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
-_taps: weakref.WeakKeyDictionary[MediaStreamTrack, ReceiverTap] = weakref.WeakKeyDictionary()
+_sender_clocks: weakref.WeakKeyDictionary[object, SenderClock] = weakref.WeakKeyDictionary()
 _warned: set[str] = set()
 
 
@@ -78,10 +90,11 @@ def _warn_once(message: str) -> None:
 class EncodedFrame:
     """One re-assembled encoded frame, as the receiver would have decoded it.
 
-    ``timestamp`` is the RTP timestamp unwrapped to start at 0 for the track, in
-    ``clock_rate`` units; ``arrival`` is ``time.monotonic()`` when it was complete.
+    ``timestamp`` is the RTP timestamp extended past 32 bits, in ``clock_rate`` units;
+    ``arrival`` is ``time.monotonic()`` when its first packet arrived; ``reference`` the
+    instant its stream's clock places it at (None while that clock is not known yet).
     ``complete`` is False when packets of this frame were lost; ``gap`` is True when
-    packets were lost between the previous frame and this one.
+    packets were lost between the previous frame and this one (or the stream restarted).
     """
 
     codec: str
@@ -91,31 +104,27 @@ class EncodedFrame:
     arrival: float
     complete: bool = True
     gap: bool = False
-
-
-@dataclass(slots=True)
-class SenderReport:
-    """The latest RTCP sender report: the sender's wall clock (NTP, seconds) at an RTP
-    timestamp expressed on the same unwrapped scale as :attr:`EncodedFrame.timestamp`."""
-
-    ntp_seconds: float
-    timestamp: int
-
-
-@dataclass(slots=True)
-class _FrameParts:
-    start: int | None = None
-    end: int | None = None
-    sizes: dict[int, int] | None = None
+    ssrc: int = 0
+    reference: float | None = None  # when it was live on the reference clock, if known yet
 
 
 FrameListener = Callable[[EncodedFrame], None]
 EndListener = Callable[[], None]
+FailureListener = Callable[[BaseException], None]
 
 
-def _frame_start(codec: str, payload: bytes) -> bool:
-    """Whether an RTP payload begins a frame (VP8 S bit with partition 0; H.264 anything
-    but a FU-A continuation)."""
+@dataclass(eq=False)
+class Subscription:
+    """A subscriber's callbacks: every frame, the end of the stream, a failure of the tap."""
+
+    on_frame: FrameListener
+    on_end: EndListener
+    on_failure: FailureListener
+
+
+def frame_start(codec: str, payload: bytes) -> bool:
+    """Whether an RTP payload begins a frame (VP8: S bit with partition 0; H.264: anything
+    but an FU-A continuation)."""
     if not payload:
         return False
     if codec == "vp8":
@@ -125,254 +134,262 @@ def _frame_start(codec: str, payload: bytes) -> bool:
     return True
 
 
+def assembly_packet(packet: RtpPacket, codec: str, kind: str, arrival: float) -> Packet:
+    """What the assembler needs of a depayloaded aiortc packet (``packet._data``)."""
+    video = kind == "video"
+    return Packet(
+        ssrc=packet.ssrc,
+        sequence=packet.sequence_number,
+        timestamp=packet.timestamp,
+        data=getattr(packet, "_data", b""),
+        arrival=arrival,
+        starts_frame=frame_start(codec, packet.payload) if video else True,
+        ends_frame=bool(packet.marker) if video else True,
+    )
+
+
 class ReceiverTap:
     """Encoded frames, sender reports and keyframe requests of one ``RTCRtpReceiver``."""
 
     def __init__(self, receiver: RTCRtpReceiver, track: MediaStreamTrack) -> None:
         self.kind = track.kind
         self.ssrc: int | None = None
-        self.sender_report: SenderReport | None = None
-        # (arrival, timestamp, clock rate) of the latest frame, listened to or not
-        self.last_frame: tuple[float, int, int] | None = None
         self.decoding = False
         self.frames_to_decoder = 0
+        self.failures = 0
+        # The frame interval of the stream's grid (a plain float, read by writer threads).
+        self.frame_grid = DEFAULT_FRAME_INTERVAL
+        self.assembler = FrameAssembler(wait=WAITS.get(track.kind, WAITS["video"]))
         self._receiver = receiver
         self._track = track
-        self._frame_listeners: list[FrameListener] = []
-        self._end_listeners: list[EndListener] = []
-        self._parts: dict[int, _FrameParts] = {}
-        self._codec_names: dict[int, str] = {}  # payload type -> codec name
-        self._arrivals: dict[int, float] = {}
-        self._padding: set[int] = set()
-        self._last_end: int | None = None
-        self._latest: tuple[int, int] | None = (
-            None  # (raw, unwrapped) RTP timestamp of the latest frame
-        )
-        self._audio = _ReorderWindow(STALL_LIMITS["audio"])
+        self._subscriptions: list[Subscription] = []
+        self._holders: dict[int, weakref.finalize[Any, Any]] = {}
+        self._codec_names: dict[int, tuple[str, int]] = {}  # payload type -> (name, rate)
+        self._clocks: dict[int, StreamClock] = {}  # ssrc -> its clock
+        self._reports: dict[int, tuple[float, int]] = {}  # ssrc -> (NTP seconds, RTP ts)
+        self._latest: tuple[int, int] | None = None  # (32-bit, extended) last timestamp
+        self._last_frame: EncodedFrame | None = None
         self._ended = False
         self._keyframe_pending = False
-        self._last_frame_at = time.monotonic()
-        self.stalls_skipped = 0
         self._pli_tasks: set[asyncio.Future[None]] = set()
-        self._install()
+        self._originals: dict[str, Any] = {}
 
-    # -- hooks ------------------------------------------------------------------
+    # -- installing ---------------------------------------------------------------
 
-    def _install(self) -> None:
+    def install(self) -> None:
+        """Hook the receiver (see the module's documentation)."""
         receiver = self._receiver
         inner: queue.Queue[Any] = getattr(receiver, _QUEUE)
-        setattr(receiver, _QUEUE, _TapQueue(self, inner))
-
         jitter_buffer = getattr(receiver, _JITTER_BUFFER)
+        self._originals = {
+            "queue": inner,
+            "add": jitter_buffer.add,
+            "rtcp": receiver._handle_rtcp_packet,
+            "recv": self._track.recv,
+        }
         add = jitter_buffer.add
+        handle_rtcp = receiver._handle_rtcp_packet
+        recv = self._track.recv
 
         def observed_add(packet: RtpPacket) -> Any:
-            if self.ssrc != packet.ssrc:
-                self.ssrc = packet.ssrc
-                if self._keyframe_pending:
-                    self._keyframe_pending = False
-                    self.request_keyframe()
-            if self.kind == "audio":
-                # An audio packet is a whole frame: the recording takes them straight from
-                # here, in order, and aiortc's buffer only feeds aiortc's decoder.
-                for held, arrival in self._audio.add(packet, time.monotonic()):
-                    self._deliver_packet(held, arrival)
-                return add(packet)
-            self._arrivals.setdefault(packet.timestamp, time.monotonic())
-            self._observe(packet)
-            pli, frame = add(packet)
-            frame = frame or self._unstall(jitter_buffer)
-            if frame is not None:
-                self._last_frame_at = time.monotonic()
-                # The jitter buffer releases a frame only once later packets arrive: the
-                # first packet's arrival is when the frame was live.
-                frame._rtc_recorder_arrival = self._arrivals.pop(frame.timestamp, None)
-                while len(self._arrivals) > 128:
-                    del self._arrivals[next(iter(self._arrivals))]
-                frame._rtc_recorder_complete, frame._rtc_recorder_gap = self._judge(frame)
-            return pli, frame
-
-        jitter_buffer.add = observed_add
-
-        handle_rtcp = receiver._handle_rtcp_packet
+            result = add(packet)
+            self._guarded(self._on_packet, packet)
+            return result
 
         async def observed_rtcp(packet: Any) -> None:
-            if isinstance(packet, RtcpSrPacket) and packet.ssrc == self.ssrc:
-                self._on_sender_report(packet)
+            if isinstance(packet, RtcpSrPacket):
+                self._guarded(self._on_sender_report, packet)
             await handle_rtcp(packet)
-
-        receiver._handle_rtcp_packet = observed_rtcp  # type: ignore[method-assign]
-
-        recv = self._track.recv
 
         async def observed_recv() -> Any:
             if not self.decoding:
-                self.decoding = True
-                self.request_keyframe()
+                self._guarded(self._start_decoding)
             return await recv()
 
+        setattr(receiver, _QUEUE, _TapQueue(self, inner))
+        jitter_buffer.add = observed_add
+        receiver._handle_rtcp_packet = observed_rtcp  # type: ignore[method-assign]
         self._track.recv = observed_recv  # type: ignore[method-assign]
+        setattr(receiver, _TAP, self)
 
-    def _unstall(self, jitter_buffer: Any) -> Any:
-        """Give up on a packet the video jitter buffer has been waiting for too long.
+    def uninstall(self) -> None:
+        """Give the receiver back to aiortc as it was."""
+        if not self._originals:
+            return
+        receiver = self._receiver
+        setattr(receiver, _QUEUE, self._originals["queue"])
+        jitter_buffer = getattr(receiver, _JITTER_BUFFER)
+        for owner, name in ((jitter_buffer, "add"), (receiver, "_handle_rtcp_packet")):
+            owner.__dict__.pop(name, None)
+        self._track.__dict__.pop("recv", None)
+        receiver.__dict__.pop(_TAP, None)
+        self._originals = {}
 
-        aiortc's video jitter buffer holds everything behind a missing packet until 512
-        packets have piled up: with retransmissions lost too, that freezes video for
-        seconds. When no frame has come out for :data:`STALL_LIMITS` while packets keep
-        arriving, skip past the hole to the next packet held; the frame that comes out is
-        judged incomplete or after a gap, and video resumes on a keyframe.
-        """
+    # -- holders ------------------------------------------------------------------
+
+    def hold(self, owner: object) -> None:
+        """Keep the tap installed while ``owner`` lives (or until :meth:`release`)."""
+        key = id(owner)
+        if key not in self._holders:
+            self._holders[key] = weakref.finalize(owner, self._drop, key)
+
+    def release(self, owner: object) -> None:
+        """``owner`` no longer needs the tap."""
+        finalizer = self._holders.get(id(owner))
+        if finalizer is not None:
+            finalizer.detach()
+            self._drop(id(owner))
+
+    def _drop(self, key: int) -> None:
+        self._holders.pop(key, None)
+        if not self._holders and not self._subscriptions:
+            self.uninstall()
+
+    @property
+    def installed(self) -> bool:
+        """Whether the hooks are in place."""
+        return bool(self._originals)
+
+    # -- the guard ------------------------------------------------------------------
+
+    def _guarded(self, action: Callable[..., None], *args: Any) -> None:
+        """Run the tap's own part of a hook; a failure goes to the subscribers, never to
+        aiortc."""
+        try:
+            action(*args)
+        except Exception as exc:
+            self.failures += 1
+            if self.failures == 1:
+                logger.exception("rtc_recorder: the receiver tap failed; aiortc goes on")
+            else:
+                logger.debug("rtc_recorder: the receiver tap failed again: %s", exc)
+            for subscription in list(self._subscriptions):
+                self._notify_failure(subscription, exc)
+
+    def _notify_failure(self, subscription: Subscription, exc: BaseException) -> None:
+        try:
+            subscription.on_failure(exc)
+        except Exception:
+            logger.exception("rtc_recorder: a subscriber failed to take a failure")
+
+    # -- packets ----------------------------------------------------------------------
+
+    def _on_packet(self, packet: RtpPacket) -> None:
+        if self.ssrc != packet.ssrc:
+            self.ssrc = packet.ssrc
+            if self._keyframe_pending:
+                self._keyframe_pending = False
+                self.request_keyframe()
+        codec = self._codec(packet.payload_type)
+        if codec is None:
+            return
         now = time.monotonic()
-        if now - self._last_frame_at < STALL_LIMITS["video"]:
-            return None
-        capacity = jitter_buffer._capacity
-        slots = jitter_buffer._packets
-        origin = jitter_buffer._origin
-        if origin is None:
-            return None
-        hole = next((i for i in range(capacity) if slots[(origin + i) % capacity] is None), None)
-        if hole is None:
-            return None
-        held = next(
-            (i for i in range(hole, capacity) if slots[(origin + i) % capacity] is not None), None
-        )
-        if held is None:
-            return None  # nothing behind the hole: just waiting for the next packet
-        self.stalls_skipped += 1
-        self._last_frame_at = now
-        jitter_buffer.remove(held)
-        return jitter_buffer._remove_frame(jitter_buffer._origin)
+        frames = self.assembler.push(assembly_packet(packet, codec[0], self.kind, now), now)
+        for frame in frames:
+            self._deliver(codec, frame)
 
-    def _deliver_packet(self, packet: RtpPacket, arrival: float) -> None:
-        """An audio packet, in order, to the listeners (as its own frame)."""
-        data = getattr(packet, "_data", b"")
-        codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
-        codec = codecs.get(packet.payload_type)
-        if not data or codec is None:
-            return
-        timestamp = self._unwrap(packet.timestamp)
-        self._notify(codec, data, timestamp, arrival, True, False)
-
-    def _unwrap(self, raw: int) -> int:
-        """An audio RTP timestamp on the track's unwrapped scale (0 at its first frame)."""
-        if self._latest is None:
-            return self._remember(raw, 0)
-        last_raw, last = self._latest
-        return self._remember(raw, last + _signed32(raw - last_raw))
-
-    def _remember(self, raw: int, unwrapped: int) -> int:
-        self._latest = (raw, unwrapped)
-        return unwrapped
-
-    def _codec_of(self, packet: RtpPacket) -> str:
-        name = self._codec_names.get(packet.payload_type)
-        if name is None:
-            codecs: dict[int, Any] = getattr(self._receiver, "_RTCRtpReceiver__codecs", {})
-            codec = codecs.get(packet.payload_type)
-            name = codec.mimeType.split("/")[1].lower() if codec is not None else ""
-            self._codec_names[packet.payload_type] = name
-        return name
-
-    def _observe(self, packet: RtpPacket) -> None:
-        """Note which packets make up each frame (keyed by RTP timestamp)."""
-        data = getattr(packet, "_data", b"")
-        sequence = packet.sequence_number
-        if not data:
-            self._padding.add(sequence)
-            if len(self._padding) > 512:
-                self._padding = {s for s in self._padding if (sequence - s) % 65536 < 256}
-            return
-        parts = self._parts.get(packet.timestamp)
-        if parts is None:
-            while len(self._parts) > 128:
-                # Frames the jitter buffer gave up on are never judged: forget the oldest.
-                del self._parts[next(iter(self._parts))]
-            parts = self._parts[packet.timestamp] = _FrameParts(sizes={})
-        assert parts.sizes is not None
-        parts.sizes[sequence] = len(data)
-        if _frame_start(self._codec_of(packet), packet.payload):
-            parts.start = sequence if parts.start is None else _earlier(parts.start, sequence)
-        if packet.marker:
-            parts.end = sequence
-
-    def _judge(self, frame: Any) -> tuple[bool, bool]:
-        """(complete, gap) for a frame the jitter buffer just re-assembled."""
-        parts = self._parts.pop(frame.timestamp, None)
-        if parts is None or parts.start is None or parts.end is None or parts.sizes is None:
-            return False, True
-        count = (parts.end - parts.start) % 65536 + 1
-        sequences = [(parts.start + i) % 65536 for i in range(count)]
-        complete = all(s in parts.sizes for s in sequences) and (
-            sum(parts.sizes[s] for s in sequences) == len(frame.data)
-        )
-        gap = False
-        if self._last_end is not None:
-            between = (parts.start - self._last_end - 1) % 65536
-            gap = between > 1000 or any(
-                (self._last_end + 1 + i) % 65536 not in self._padding for i in range(between)
+    def _codec(self, payload_type: int) -> tuple[str, int] | None:
+        known = self._codec_names.get(payload_type)
+        if known is None:
+            codecs: dict[int, Any] = getattr(self._receiver, _CODECS, {})
+            codec = codecs.get(payload_type)
+            if codec is None:
+                return None
+            known = self._codec_names[payload_type] = (
+                codec.mimeType.split("/")[1].lower(),
+                int(codec.clockRate),
             )
-        self._last_end = parts.end
-        return complete, gap
+        return known
+
+    def _deliver(self, codec: tuple[str, int], frame: Frame) -> None:
+        name, rate = codec
+        self._latest = (frame.timestamp % (1 << 32), frame.timestamp)
+        encoded = EncodedFrame(
+            codec=name,
+            data=frame.data,
+            timestamp=frame.timestamp,
+            clock_rate=rate,
+            arrival=frame.arrival,
+            complete=frame.complete,
+            gap=frame.gap,
+            ssrc=frame.ssrc,
+        )
+        self._last_frame = encoded
+        clock = self.clock(frame.ssrc, rate)
+        encoded.reference = clock.reference(frame.timestamp, frame.arrival)
+        self.frame_grid = clock.frames.grid
+        for subscription in list(self._subscriptions):
+            try:
+                subscription.on_frame(encoded)
+            except Exception as exc:
+                logger.exception("rtc_recorder: a subscriber failed on a frame")
+                self._notify_failure(subscription, exc)
+
+    # -- timing -----------------------------------------------------------------------
+
+    def clock(self, ssrc: int, rate: int) -> StreamClock:
+        """The clock of this receiver's stream ``ssrc`` (its sender's reports applied)."""
+        clock = self._clocks.get(ssrc)
+        if clock is None:
+            self._clocks.clear()  # a new SSRC: the old stream is over
+            clock = self._clocks[ssrc] = StreamClock(
+                rate, sender_clock(self.sync_key), leading=self.kind == "video"
+            )
+        report = self._reports.get(ssrc)
+        if report is not None and self._latest is not None:
+            ntp, raw = report
+            last_raw, last = self._latest
+            clock.sender_report(SenderReport(ntp, last + _signed32(raw - last_raw)))
+            del self._reports[ssrc]
+        return clock
+
+    @property
+    def synchronised(self) -> bool:
+        """Whether the stream being received is placed by its sender's reports."""
+        return any(clock.synchronised for clock in list(self._clocks.values()))
 
     def _on_sender_report(self, packet: RtcpSrPacket) -> None:
-        if self._latest is None:
-            return
         info = packet.sender_info
-        last_raw, last = self._latest
         ntp = info.ntp_timestamp
-        self.sender_report = SenderReport(
+        self._reports[packet.ssrc] = (
             (ntp >> 32) + (ntp & 0xFFFFFFFF) / (1 << 32),
-            last + _signed32(info.rtp_timestamp - last_raw),
+            info.rtp_timestamp,
         )
 
-    # -- called by the receiver through _TapQueue ---------------------------------
+    @property
+    def last_frame(self) -> EncodedFrame | None:
+        """The latest frame the receiver assembled (listened to or not)."""
+        return self._last_frame
 
-    def _on_frame(self, item: tuple[Any, Any]) -> bool:
-        """A frame on its way to aiortc's decoder (video: to the listeners first); return
-        whether the decoder wants it."""
-        codec, frame = item
-        if self.kind == "video":
-            mapper = getattr(self._receiver, _TIMESTAMP_MAPPER)
-            self._remember((frame.timestamp + mapper._origin) % (1 << 32), frame.timestamp)
-            arrival = getattr(frame, "_rtc_recorder_arrival", None) or time.monotonic()
-            complete = getattr(frame, "_rtc_recorder_complete", True)
-            gap = getattr(frame, "_rtc_recorder_gap", False)
-            self._notify(codec, frame.data, frame.timestamp, arrival, complete, gap)
+    # -- decoding on demand -------------------------------------------------------------
+
+    def _start_decoding(self) -> None:
+        self.decoding = True
+        self.request_keyframe()
+
+    def _to_decoder(self) -> bool:
+        """Whether a frame aiortc's jitter buffer let out goes on to aiortc's decoder."""
         if self.decoding:
             self.frames_to_decoder += 1
         return self.decoding
 
-    def _notify(
-        self, codec: Any, data: bytes, timestamp: int, arrival: float, complete: bool, gap: bool
-    ) -> None:
-        self.last_frame = (arrival, timestamp, codec.clockRate)
-        if not self._frame_listeners:
-            return
-        encoded = EncodedFrame(
-            codec=codec.mimeType.split("/")[1].lower(),
-            data=data,
-            timestamp=timestamp,
-            clock_rate=codec.clockRate,
-            arrival=arrival,
-            complete=complete,
-            gap=gap,
-        )
-        for listener in list(self._frame_listeners):
-            listener(encoded)
-
     def _on_end(self) -> None:
         if self._ended:
             return
-        for held, arrival in self._audio.flush():
-            self._deliver_packet(held, arrival)
         self._ended = True
-        for listener in list(self._end_listeners):
-            listener()
+        codec = next(iter(self._codec_names.values()), ("", 90000))
+        for frame in self.assembler.flush():
+            self._deliver(codec, frame)
+        for subscription in list(self._subscriptions):
+            try:
+                subscription.on_end()
+            except Exception as exc:
+                self._notify_failure(subscription, exc)
         if not self.decoding:
             # Nobody reads the track, so nobody would see aiortc end it.
             self._track.stop()
 
-    # -- public -------------------------------------------------------------------
+    # -- public -------------------------------------------------------------------------
 
     @property
     def sync_key(self) -> object:
@@ -384,28 +401,33 @@ class ReceiverTap:
         """Whether the receiver has stopped (hang-up, BYE, transport closed)."""
         return self._ended
 
-    def predicted_codec(self) -> str | None:
-        """The codec the sender will most likely use: the first one negotiated."""
+    def negotiated_codecs(self) -> list[str]:
+        """The media codecs negotiated for this receiver, the preferred first."""
         for pc in list(_peer_connections):
             for transceiver in pc.getTransceivers():
                 if transceiver.receiver is self._receiver:
-                    for codec in transceiver._codecs:
-                        name = codec.mimeType.split("/")[1].lower()
-                        if name not in ("rtx", "red", "ulpfec", "flexfec-03"):
-                            return str(name)
-        return None
+                    names = [c.mimeType.split("/")[1].lower() for c in transceiver._codecs]
+                    return [str(n) for n in names if n not in NOT_MEDIA]
+        return []
 
-    def subscribe(self, on_frame: FrameListener, on_end: EndListener) -> None:
-        """Receive every frame from now on, and a call when the receiver stops."""
-        self._frame_listeners.append(on_frame)
-        self._end_listeners.append(on_end)
+    def predicted_codec(self) -> str | None:
+        """The codec the sender will most likely use: the first one negotiated."""
+        codecs = self.negotiated_codecs()
+        return codecs[0] if codecs else None
 
-    def unsubscribe(self, on_frame: FrameListener, on_end: EndListener) -> None:
+    def subscribe(self, subscription: Subscription) -> None:
+        """Receive every frame from now on, the end of the stream, and the tap's failures.
+        A subscription holds the tap installed until :meth:`unsubscribe`."""
+        if not self.installed:
+            self.install()
+        self._subscriptions.append(subscription)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
         """Stop receiving frames."""
-        if on_frame in self._frame_listeners:
-            self._frame_listeners.remove(on_frame)
-        if on_end in self._end_listeners:
-            self._end_listeners.remove(on_end)
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+        if not self._holders and not self._subscriptions:
+            self.uninstall()
 
     def request_keyframe(self) -> bool:
         """Send a picture loss indication to the sender (with its first packet, if none has
@@ -437,48 +459,12 @@ def _signed32(delta: int) -> int:
     return delta - (1 << 32) if delta >= 1 << 31 else delta
 
 
-class _ReorderWindow:
-    """Puts packets back in sequence order, waiting at most ``wait`` seconds for a missing
-    one; packets that come later than that, and duplicates, are dropped."""
-
-    def __init__(self, wait: float, depth: int = 64) -> None:
-        self._wait = wait
-        self._depth = depth
-        self._held: dict[int, tuple[RtpPacket, float]] = {}
-        self._next: int | None = None
-
-    def add(self, packet: RtpPacket, arrival: float) -> list[tuple[RtpPacket, float]]:
-        """Take a packet; return the packets now due, in order."""
-        sequence = packet.sequence_number
-        if self._next is None:
-            self._next = sequence
-        if (sequence - self._next) % 65536 >= 32768 or sequence in self._held:
-            return []
-        self._held[sequence] = (packet, arrival)
-        return self._release(arrival)
-
-    def _release(self, now: float) -> list[tuple[RtpPacket, float]]:
-        due: list[tuple[RtpPacket, float]] = []
-        while self._held and self._next is not None:
-            if self._next in self._held:
-                due.append(self._held.pop(self._next))
-                self._next = (self._next + 1) % 65536
-                continue
-            oldest = min(arrival for _, arrival in self._held.values())
-            if now - oldest < self._wait and len(self._held) < self._depth:
-                break
-            start = self._next
-            self._next = min(self._held, key=lambda s: (s - start) % 65536)
-        return due
-
-    def flush(self) -> list[tuple[RtpPacket, float]]:
-        """Everything still held, in order."""
-        return self._release(float("inf"))
-
-
-def _earlier(a: int, b: int) -> int:
-    """The earlier of two 16-bit sequence numbers."""
-    return b if (a - b) % 65536 < 32768 else a
+def sender_clock(key: object) -> SenderClock:
+    """The clock of the sender identified by ``key`` (shared by its tracks)."""
+    clock = _sender_clocks.get(key)
+    if clock is None:
+        clock = _sender_clocks[key] = SenderClock()
+    return clock
 
 
 class _TapQueue:
@@ -492,8 +478,13 @@ class _TapQueue:
     def put(self, item: Any) -> None:
         if item is None:
             self._inner.put(None)
-            self._tap._on_end()
-        elif self._tap._on_frame(item):
+            self._tap._guarded(self._tap._on_end)
+            return
+        try:
+            wanted = self._tap._to_decoder()
+        except Exception:
+            wanted = True
+        if wanted:
             self._inner.put(item)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
@@ -530,15 +521,30 @@ def source_of(track: MediaStreamTrack) -> MediaStreamTrack:
     return track
 
 
-def tap_track(track: MediaStreamTrack) -> ReceiverTap | None:
-    """The tap of the receiver behind ``track`` (installed once), or ``None`` when ``track``
-    is not received by an aiortc peer connection or the internals are not as expected."""
+def _internals_present(receiver: RTCRtpReceiver) -> bool:
+    try:
+        jitter_buffer = getattr(receiver, _JITTER_BUFFER)
+        required = (
+            getattr(receiver, _QUEUE).put,
+            jitter_buffer.add,
+            receiver._send_rtcp_pli,
+            receiver._handle_rtcp_packet,
+        )
+        getattr(receiver, _CODECS)
+        return all(callable(r) for r in required)
+    except AttributeError as exc:
+        _warn_once(f"rtc_recorder: aiortc internals changed ({exc}); recording decoded frames")
+        return False
+
+
+def tap_track(track: MediaStreamTrack, holder: object | None = None) -> ReceiverTap | None:
+    """The tap of the receiver behind ``track``, or ``None`` when ``track`` is not
+    received by an aiortc peer connection or the internals are not as expected. With a
+    ``holder``, the tap is installed if needed and stays so while ``holder`` holds it;
+    without, only a tap already in place is returned."""
     track = source_of(track)
     if not isinstance(track, RemoteStreamTrack):
         return None
-    existing = _taps.get(track)
-    if existing is not None:
-        return existing
     if not _version_supported():
         return None
     receiver = _find_receiver(track)
@@ -548,24 +554,13 @@ def tap_track(track: MediaStreamTrack) -> ReceiverTap | None:
             "was imported; recording it by decoding (import rtc_recorder first for pass-through)"
         )
         return None
-    try:
-        mapper = getattr(receiver, _TIMESTAMP_MAPPER)
-        jitter_buffer = getattr(receiver, _JITTER_BUFFER)
-        for name in ("_capacity", "_packets", "_origin"):
-            getattr(jitter_buffer, name)
-        required = (
-            getattr(receiver, _QUEUE).put,
-            jitter_buffer.add,
-            jitter_buffer.remove,
-            jitter_buffer._remove_frame,
-            receiver._send_rtcp_pli,
-            receiver._handle_rtcp_packet,
-        )
-        if not hasattr(mapper, "_origin") or not all(callable(r) for r in required):
-            raise AttributeError("unexpected receiver internals")
-    except AttributeError as exc:
-        _warn_once(f"rtc_recorder: aiortc internals changed ({exc}); recording decoded frames")
-        return None
-    tap = ReceiverTap(receiver, track)
-    _taps[track] = tap
+    tap: ReceiverTap | None = receiver.__dict__.get(_TAP)
+    if holder is None:
+        return tap
+    if tap is None:
+        if not _internals_present(receiver):
+            return None
+        tap = ReceiverTap(receiver, track)
+        tap.install()
+    tap.hold(holder)
     return tap

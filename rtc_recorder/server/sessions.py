@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..events import BlobEvent, ErrorEvent, Event
 from ..mediarecorder import MediaRecorder
+from ..mediastream import MediaStream
 from ..mimetype import parse_type
 from ..receive.negotiation import prefer_codec
 from ..receive.transport import PortsExhausted, apply_ice_policy
@@ -68,7 +69,8 @@ class Session:
         self.id = session_id
         self.pc = pc
         self.created = utc_now()
-        self.tracks: list[MediaStreamTrack] = []
+        # The peer's tracks; while in this stream they are not decoded for nobody.
+        self.stream = MediaStream()
         self.recorder: MediaRecorder | None = None
         self.recording: str | None = None
         self.mime_type = mime_type
@@ -102,7 +104,7 @@ class Session:
             "recordedSeconds": round(float(stats.get("recordedTime", 0.0)), 3),
             "bytes": int(stats.get("bytes", 0)),
             "recording": self.recording,
-            "tracks": [track.kind for track in self.tracks],
+            "tracks": [track.kind for track in self.stream],
             "created": self.created.isoformat(),
             "seq": self._sequence,
         }
@@ -130,7 +132,7 @@ class Session:
     # -- the peer ------------------------------------------------------------------------
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        self.tracks.append(track)
+        self.stream.addTrack(track)
         log("track", session=self.id, kind=track.kind)
 
     async def _on_connection_state(self) -> None:
@@ -203,7 +205,7 @@ class Session:
         mime = mime_type or self.mime_type
         parse_type(mime)  # NotSupportedError with the reason
         name = self._store.new_name(self.id, mime)
-        recorder = MediaRecorder(self._store.folder / name, mimeType=mime, stream=self.tracks)
+        recorder = MediaRecorder(self._store.folder / name, mimeType=mime, stream=self.stream)
         relay = self._relay(recorder, name)
         for event in ("start", "pause", "resume", "dataavailable", "error", "stop"):
             recorder.on(event, relay)

@@ -1,0 +1,448 @@
+"""Time, in one place: from the senders' clocks to the time of each frame in the file.
+
+Three clocks meet here:
+
+- a *stream's* RTP timestamps (one per track, in its clock rate's ticks);
+- its *sender's* wall clock, which the sender's RTCP sender reports relate to each of its
+  streams (NTP time at an RTP timestamp): that is what keeps a sender's audio and video
+  in sync, and what the senders meant when they captured;
+- the *reference clock*, this process's ``time.monotonic()`` seconds: pauses, resumes and
+  stops happen on it, and every sender's clock is mapped onto it.
+
+:class:`StreamClock` maps a stream's timestamps to its sender's time (through the sender
+reports; a stream without them gets a private clock that follows its own timestamps).
+:class:`SenderClock` maps a sender's time to the reference clock by the smallest transit
+delay seen (the packets that waited least in the network say best when media was live),
+moving smoothly if that estimate changes, so every track of the sender moves together.
+:class:`Timeline` keeps one recording's pauses and maps a reference instant to output
+time, cutting out paused time; the same cut applies to every track and to every file of
+a room, so they stay in sync across any number of pauses. Each pause cuts out a whole
+number of video frame intervals (rounded, so the total stays within half a frame of the
+time paused): video frames keep their cadence, which players that place frames on a
+frame-rate grid need (FFmpeg's command line does).
+
+Nothing here reads a clock: every instant comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger("rtc_recorder")
+
+# For this long after its first packet a sender's offset is learned (its frames wait).
+SETTLING = 1.0
+# How fast a stream that follows its sender's reports (audio) moves towards a refined
+# mapping: 0.5 % of the media time elapsed (0.1 ms per 20 ms packet), which nobody hears.
+SLEW = 0.005
+# Sender reports or timestamps that disagree with arrival times by more than this are a
+# restart (a new clock, a looped file): the mapping starts afresh.
+MAX_SKEW = 2.0
+# The nominal frame interval assumed before a video track has shown its own, and the
+# longest one a frame-rate hint will claim (slower tracks sit on a 30 fps grid too).
+DEFAULT_FRAME_INTERVAL = 1 / 30
+# A sender report that moves a stream's time by more than this (seconds) is a new clock,
+# taken at once (less is a sender whose reports wander: aiortc stamps them when it sends).
+REPORT_JUMP = 1.0
+# A keyframe asked for at a (re)start may show a picture taken this long before it.
+EARLY_KEYFRAME = 0.25
+# A (re)start that video has not settled after this long (seconds) settles without it.
+OPEN_DEADLINE = 1.5
+
+
+class SenderClock:
+    """One sender's wall clock (seconds) mapped onto the reference clock.
+
+    ``observe`` every frame's sender time and arrival instant; ``reference`` then gives
+    the reference instant of any sender time: sender time plus the smallest transit delay
+    seen while the clock was learning (its first ``settling`` seconds; until then
+    ``reference`` has no answer, since a frame placed then could have to move). The
+    offset then stays as it is, so that every stream of the sender keeps the cadence of
+    its own timestamps (video frames on their grid, whatever the network does), unless
+    the sender's clock jumps by more than :data:`MAX_SKEW` (a restart), which starts the
+    learning afresh.
+    """
+
+    def __init__(self, settling: float = SETTLING) -> None:
+        self._settling = settling
+        self._first: float | None = None  # the sender time learning began at
+        self._last: float | None = None  # the latest sender time observed
+        self._offset: float | None = None
+
+    @property
+    def offset(self) -> float | None:
+        """Reference minus sender time (None before any frame)."""
+        return self._offset
+
+    @property
+    def settled(self) -> bool:
+        """Whether the offset has been learned for long enough to place frames by it."""
+        if self._first is None or self._last is None:
+            return False
+        return self._last - self._first >= self._settling
+
+    def observe(self, sender_time: float, arrival: float) -> None:
+        """A frame the sender stamped ``sender_time`` arrived at reference ``arrival``."""
+        delay = arrival - sender_time
+        if self._offset is not None and abs(delay - self._offset) > MAX_SKEW:
+            logger.info("a sender's clock jumped by %.3f s: following it", delay - self._offset)
+            self._first = self._last = self._offset = None
+        if self._first is None:
+            self._first = sender_time
+        if not self.settled:
+            self._offset = delay if self._offset is None else min(self._offset, delay)
+        if self._last is None or sender_time > self._last:
+            self._last = sender_time
+
+    def reference(self, sender_time: float) -> float | None:
+        """The reference instant of ``sender_time`` (None until the clock has settled)."""
+        if self._offset is None or not self.settled:
+            return None
+        return sender_time + self._offset
+
+
+@dataclass(frozen=True)
+class SenderReport:
+    """An RTCP sender report: the sender's wall clock read ``ntp_seconds`` when the
+    stream's (extended) RTP timestamp was ``timestamp``."""
+
+    ntp_seconds: float
+    timestamp: int
+
+
+class StreamClock:
+    """One stream's RTP timestamps on its sender's clock (and on the reference clock).
+
+    With a ``sender`` (a peer whose streams share one wall clock), the stream's time comes
+    from the sender's reports. Until the first one the stream has no time (``reference``
+    is None) and its frames wait, for at most ``deadline`` seconds after the first one
+    arrived; a stream still without a report then gets a private clock (its own
+    timestamps, placed by their arrival), as do streams without a sender (tracks that are
+    not received over RTP).
+
+    A *leading* stream (a sender's video) keeps the mapping of the first report it was
+    placed by: its frames keep the exact cadence of their timestamps, which is what keeps
+    video on its frame grid. The other streams (audio) follow each new report, moving
+    towards it by at most :data:`SLEW` of the media time elapsed, so a sender whose audio
+    clock drifts from its wall clock stays in sync without a click or an overlap. A
+    change beyond :data:`REPORT_JUMP` (a sender that restarted its clock) is taken at once
+    by either.
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        sender: SenderClock | None = None,
+        deadline: float = 4.0,
+        *,
+        leading: bool = False,
+    ) -> None:
+        self.rate = rate
+        self._sender = sender
+        self._leading = leading
+        self._deadline = deadline
+        self._anchor: SenderReport | None = None  # the mapping applied
+        self._target: SenderReport | None = None  # the latest report
+        self._moved_at: int | None = None  # the timestamp the mapping last moved at
+        self._first_arrival: float | None = None
+        self._private: SenderClock | None = None if sender is not None else SenderClock(0.0)
+        self.frames = FrameInterval()
+
+    @property
+    def synchronised(self) -> bool:
+        """Whether the stream is placed by its sender's reports."""
+        return self._anchor is not None and self._sender is not None
+
+    def sender_report(self, report: SenderReport) -> None:
+        """The sender's latest report for this stream."""
+        self._target = report
+        if self._anchor is None:
+            self._anchor = report
+
+    def sender_time(self, timestamp: int) -> float | None:
+        """The sender's time of an (extended) RTP timestamp, if the sender has said; moves
+        the applied mapping towards the latest report."""
+        anchor, target = self._anchor, self._target
+        if anchor is None or target is None:
+            return None
+        current = anchor.ntp_seconds + (timestamp - anchor.timestamp) / self.rate
+        if target is anchor:
+            return current
+        wanted = target.ntp_seconds + (timestamp - target.timestamp) / self.rate
+        error = wanted - current
+        if abs(error) > REPORT_JUMP:
+            self._anchor = target
+            return wanted
+        if self._leading:
+            return current
+        elapsed = (timestamp - self._moved_at) / self.rate if self._moved_at is not None else 0
+        if self._moved_at is not None and elapsed <= 0:
+            return current
+        step = SLEW * elapsed
+        moved = current + max(-step, min(step, error))
+        self._anchor = target if moved == wanted else SenderReport(moved, timestamp)
+        self._moved_at = timestamp
+        return moved
+
+    @property
+    def ready(self) -> bool:
+        """Whether the stream's frames can be placed now (``reference`` answers)."""
+        if self._anchor is not None and self._sender is not None:
+            return self._sender.settled
+        return self._private is not None and self._private.settled
+
+    def reference(self, timestamp: int, arrival: float) -> float | None:
+        """The reference instant of a frame with ``timestamp`` that arrived at ``arrival``
+        (which also teaches the sender's clock its transit delay); None while the stream
+        waits for its sender's first report."""
+        if self._first_arrival is None:
+            self._first_arrival = arrival
+        self.frames.add(timestamp / self.rate)
+        sender_time = self.sender_time(timestamp)
+        if sender_time is not None and self._sender is not None:
+            self._sender.observe(sender_time, arrival)
+            return self._sender.reference(sender_time)
+        if self._private is None:
+            if arrival - self._first_arrival < self._deadline:
+                return None
+            logger.info(
+                "no sender report after %.1f s: placing a stream by arrival", self._deadline
+            )
+            self._private = SenderClock()
+        own = timestamp / self.rate
+        self._private.observe(own, arrival)
+        return self._private.reference(own)
+
+
+class FrameInterval:
+    """A video track's typical frame interval (the median of recent ones, in seconds,
+    worked out again every 8 frames).
+
+    The estimate is kept as a plain attribute, so another thread (the writer's) may read
+    it while the event loop adds frames."""
+
+    def __init__(self, size: int = 15) -> None:
+        self._last: float | None = None
+        self._recent: deque[float] = deque(maxlen=size)
+        self._count = 0
+        self.interval: float | None = None  # None until three intervals were seen
+
+    def add(self, media: float) -> None:
+        """Note a frame's media time (seconds on the stream's clock)."""
+        last, self._last = self._last, media
+        if last is None or not 0.0 < media - last < 1.0:
+            return
+        self._recent.append(media - last)
+        self._count += 1
+        if len(self._recent) >= 3 and (self.interval is None or self._count % 8 == 0):
+            self.interval = sorted(self._recent)[len(self._recent) // 2]
+
+    @property
+    def grid(self) -> float:
+        """The frame interval of the grid video is kept on: the track's own, but never
+        longer than 30 fps's (slower rates of 30/n share that grid)."""
+        interval = self.interval
+        return DEFAULT_FRAME_INTERVAL if interval is None else min(interval, DEFAULT_FRAME_INTERVAL)
+
+
+class Timeline:
+    """One recording's recorded intervals of the reference clock, and the output time of
+    a reference instant (paused time cut out).
+
+    Each pause cuts out a whole number of video frame intervals, the nearest to the time
+    paused. Video (re)starts on a keyframe the sender makes when asked, and that picture
+    may have been taken a little before the request (an encoder working through its
+    queue), or rounding may put it just before the cut, among the frames from before the
+    pause. So a start or resume stays *open* until video's first keyframe :meth:`settle` s
+    it: the (re)start moves back to that keyframe if it was taken up to
+    :data:`EARLY_KEYFRAME` before, and the pause's cut is rounded down if the keyframe
+    needs it. While open, media from around the (re)start waits (:meth:`holds`): nothing
+    is placed before the boundary is final, so settling moves nothing already written.
+    A (re)start video does not settle in time (:meth:`settle_if_late`) stays as it is.
+
+    :meth:`paused_time` is the time paused as asked; :meth:`recorded_time` what the
+    output lasts (a boundary moved back gives some of a pause back to the recording).
+    """
+
+    def __init__(
+        self,
+        start: float,
+        quantum: Callable[[], float | None] = lambda: DEFAULT_FRAME_INTERVAL,
+        *,
+        video: bool = True,
+    ) -> None:
+        self.start = start
+        # Pauses cut out whole multiples of this (the video frame grid), when it says one.
+        self.quantum = quantum
+        self._video = video
+        self._pause_starts: list[float] = []
+        self._pause_ends: list[float] = []
+        self._excised: list[float] = [0.0]  # total cut out once the i-th pause has ended
+        self._paused_total = 0.0  # total paused as asked (completed pauses)
+        self._given_back = 0.0  # paused time recorded after all (resumes moved back)
+        self._paused_at: float | None = None
+        self._stopped_at: float | None = None
+        self._open_at: float | None = start if video else None  # the open (re)start
+
+    @property
+    def paused(self) -> bool:
+        """Whether a pause is in progress."""
+        return self._paused_at is not None
+
+    @property
+    def open(self) -> bool:
+        """Whether the latest (re)start waits for video to settle it."""
+        return self._open_at is not None
+
+    def holds(self, instant: float) -> bool:
+        """Whether media at reference ``instant`` must wait for the open (re)start."""
+        if self._open_at is None:
+            return False
+        boundary = self._pause_starts[-1] if self._pause_starts else self.start - EARLY_KEYFRAME
+        return instant >= boundary
+
+    def can_settle_at(self, instant: float) -> bool:
+        """Whether a keyframe at ``instant`` may settle the open (re)start."""
+        return self._open_at is not None and instant >= self._open_at - EARLY_KEYFRAME
+
+    def settle(self, keyframe: float | None = None, after: float = 0.0) -> None:
+        """Make the open (re)start final; with ``keyframe`` (the reference instant of
+        video's first keyframe since, see :meth:`can_settle_at`), so that the keyframe is
+        recorded and lands at least ``after`` seconds past the cut."""
+        if self._open_at is None:
+            return
+        self._open_at = None
+        if keyframe is None:
+            return
+        if not self._pause_starts:
+            self.start = min(self.start, keyframe)
+            return
+        begin, end = self._pause_starts[-1], self._pause_ends[-1]
+        if keyframe < end:
+            moved = max(keyframe, begin)
+            self._given_back += end - moved
+            self._pause_ends[-1] = end = moved
+        cut = self._excised[-1] - self._excised[-2]
+        room = keyframe - begin - after  # the most this pause may cut out
+        if cut > room:
+            quantum = self.quantum()
+            cut = max(0.0, math.floor(room / quantum) * quantum if quantum else room)
+            self._excised[-1] = self._excised[-2] + cut
+
+    def settle_if_late(
+        self, now: float, deadline: float = OPEN_DEADLINE, since: float | None = None
+    ) -> None:
+        """Make the open (re)start final as it is if video has not settled it within
+        ``deadline`` seconds of it (or of ``since``, if later: when video could first
+        tell), as with a sender that sends no keyframe."""
+        if self._open_at is None:
+            return
+        if now - max(self._open_at, since if since is not None else self._open_at) >= deadline:
+            self.settle()
+
+    def pause(self, at: float) -> None:
+        """Stop recording from reference instant ``at``."""
+        if self._paused_at is None:
+            self.settle()
+            self._paused_at = max(at, self._pause_ends[-1] if self._pause_ends else self.start)
+
+    def resume(self, at: float) -> None:
+        """Record again from reference instant ``at``."""
+        if self._paused_at is None:
+            return
+        at = max(at, self._paused_at)
+        self._paused_total += at - self._paused_at
+        excised = self._paused_total - self._given_back
+        quantum = self.quantum()
+        if quantum:
+            excised = round(excised / quantum) * quantum
+        # Never less than was cut before.
+        excised = max(self._excised[-1], excised)
+        self._pause_starts.append(self._paused_at)
+        self._pause_ends.append(at)
+        self._excised.append(excised)
+        self._paused_at = None
+        if self._video:
+            self._open_at = at
+
+    def stop(self, at: float) -> None:
+        """Record nothing from ``at`` on."""
+        if self._stopped_at is None:
+            self.settle()
+            self._stopped_at = at
+
+    def after_stop(self, instant: float) -> bool:
+        """Whether reference ``instant`` comes after the recording stopped."""
+        return self._stopped_at is not None and instant >= self._stopped_at
+
+    def paused_time(self, now: float) -> float:
+        """Seconds paused so far (a pause in progress counts up to ``now``)."""
+        ongoing = max(0.0, now - self._paused_at) if self._paused_at is not None else 0.0
+        return self._paused_total + ongoing
+
+    def recorded_time(self, now: float) -> float:
+        """Seconds of the reference clock recorded so far (what the output will last)."""
+        end = now if self._stopped_at is None else min(now, self._stopped_at)
+        return max(0.0, end - self.start - self.paused_time(end) + self._given_back)
+
+    def cuts(self) -> list[float]:
+        """Output times (seconds) at which each completed pause was cut out."""
+        return [
+            start - self.start - self._excised[index]
+            for index, start in enumerate(self._pause_starts)
+        ]
+
+    def output_time(self, instant: float) -> float | None:
+        """Seconds into the output for a reference instant, or None if it is not recorded
+        (or must wait: see :meth:`holds`)."""
+        if instant < self.start or self.holds(instant):
+            return None
+        if self._stopped_at is not None and instant >= self._stopped_at:
+            return None
+        if self._paused_at is not None and instant >= self._paused_at:
+            return None
+        done = bisect.bisect_right(self._pause_ends, instant)
+        if done < len(self._pause_starts) and instant >= self._pause_starts[done]:
+            return None
+        return instant - self.start - self._excised[done]
+
+    def resumed_floor(self) -> float:
+        """The output time media after the latest resume must come after: the last cut
+        (pauses cut whole frame intervals, rounded, so a resumed frame could otherwise land
+        among the frames from before the pause)."""
+        cuts = self.cuts()
+        return cuts[-1] if cuts else 0.0
+
+
+# A first audio packet this close to half a video frame interval off the video's grid is
+# left out of the file (see file_origin).
+HALF_FRAME_GUARD = 0.002
+
+
+def file_origin(video: list[float], audio: list[float], interval: float) -> tuple[float, int]:
+    """Where a file's time 0 goes, given the output times of its first video frames and
+    audio packets (sorted), and the video frame interval: ``(origin, audio_to_drop)``.
+
+    Time 0 is the earliest sample, moved back (by less than a frame interval) to a point
+    of the video's grid, so that video frames fall on the grid of their frame interval.
+    Players and FFmpeg count video frames from the file's first packet, and when that is
+    audio half a frame interval off the grid, FFmpeg rounds neighbouring frames onto one
+    tick: such leading audio packets are left out (``audio_to_drop`` of them; the next,
+    20 ms later, is well clear of the half-way point).
+    """
+    if not video:
+        return (audio[0] if audio else 0.0), 0
+    first = video[0]
+    dropped = 0
+    while True:
+        earliest = min(first, audio[dropped]) if dropped < len(audio) else first
+        periods = -(-(first - earliest) // interval) if earliest < first else 0
+        origin = first - periods * interval
+        if earliest == first or abs(earliest - origin - interval / 2) > HALF_FRAME_GUARD:
+            return origin, dropped
+        dropped += 1

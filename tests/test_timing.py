@@ -1,0 +1,262 @@
+"""The timing, on explicit instants: sender clocks, sender reports, pauses, the file's
+time 0. No wall clock, no network."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from rtc_recorder.timing import (
+    DEFAULT_FRAME_INTERVAL,
+    EARLY_KEYFRAME,
+    MAX_SKEW,
+    SETTLING,
+    SLEW,
+    FrameInterval,
+    SenderClock,
+    SenderReport,
+    StreamClock,
+    Timeline,
+    file_origin,
+)
+
+FRAME = 1 / 30
+
+
+# -- SenderClock ---------------------------------------------------------------------
+
+
+def test_a_sender_clock_answers_once_settled_with_the_smallest_delay_seen() -> None:
+    clock = SenderClock()
+    delays = [0.030, 0.012, 0.050, 0.020]
+    for k, delay in enumerate(delays):
+        clock.observe(100.0 + k * 0.3, 5.0 + k * 0.3 + delay)
+        assert clock.reference(100.0) is None  # still learning
+    clock.observe(100.0 + SETTLING, 5.0 + SETTLING + 0.040)
+    assert clock.settled
+    assert clock.reference(101.0) == pytest.approx(101.0 - 95.0 + 0.012)
+
+
+def test_a_settled_sender_clock_no_longer_moves_so_cadence_is_kept() -> None:
+    clock = SenderClock()
+    for k in range(40):
+        clock.observe(k * FRAME, 10.0 + k * FRAME + 0.020)
+    before = clock.offset
+    clock.observe(40 * FRAME, 10.0 + 40 * FRAME + 0.001)  # a faster packet, later
+    clock.observe(41 * FRAME, 10.0 + 41 * FRAME + 0.300)  # a congested one
+    assert clock.offset == before
+
+
+def test_a_sender_clock_that_jumps_learns_again() -> None:
+    clock = SenderClock()
+    for k in range(40):
+        clock.observe(k * FRAME, 10.0 + k * FRAME)
+    clock.observe(500.0, 12.0)  # the sender's clock restarted
+    assert clock.reference(500.0) is None
+    for k in range(1, 40):
+        clock.observe(500.0 + k * FRAME, 12.0 + k * FRAME + MAX_SKEW / 100)
+    assert clock.reference(501.0) == pytest.approx(13.0)
+
+
+# -- StreamClock and sender reports ----------------------------------------------------
+
+
+def settled_sender(offset: float = 10.0) -> SenderClock:
+    """A settled sender whose wall clock reads ``offset`` seconds more than the reference
+    clock, with no transit delay."""
+    sender = SenderClock()
+    for k in range(40):
+        sender.observe(1000.0 + k * FRAME, 1000.0 + k * FRAME - offset)
+    return sender
+
+
+def test_a_stream_waits_for_its_senders_first_report_then_follows_it() -> None:
+    clock = StreamClock(90000, settled_sender())
+    assert clock.reference(90000, 991.0) is None
+    clock.sender_report(SenderReport(1001.0, 90000))  # the sender's clock read 1001 s at ts 1 s
+    assert clock.sender_time(180000) == pytest.approx(1002.0)
+    assert clock.reference(180000, 992.0) == pytest.approx(992.0)
+
+
+def test_a_stream_without_reports_is_placed_by_its_own_timestamps_after_the_deadline() -> None:
+    clock = StreamClock(48000, settled_sender(), deadline=2.0)
+    assert clock.reference(0, 50.0) is None
+    assert clock.reference(48000, 51.0) is None
+    for k in range(2, 80):
+        reference = clock.reference(48000 * k // 20, 50.0 + k / 20 + 0.005)
+    # arrivals 50 s + media time + 5 ms: the private clock takes the smallest delay
+    assert reference == pytest.approx(50.0 + 79 / 20 + 0.005)
+
+
+def test_a_leading_stream_keeps_its_first_mapping_so_video_keeps_its_cadence() -> None:
+    clock = StreamClock(90000, settled_sender(), leading=True)
+    clock.sender_report(SenderReport(1000.0, 0))
+    assert clock.sender_time(90000) == pytest.approx(1001.0)
+    clock.sender_report(SenderReport(1002.004, 180000))  # 4 ms different
+    assert clock.sender_time(270000) == pytest.approx(1003.0)
+
+
+def test_a_following_stream_moves_towards_a_new_report_slowly() -> None:
+    clock = StreamClock(48000, settled_sender())
+    clock.sender_report(SenderReport(1000.0, 0))
+    assert clock.sender_time(48000) == pytest.approx(1001.0)
+    clock.sender_report(SenderReport(1001.010, 48000))  # 10 ms later than the first said
+    times = [clock.sender_time(48000 + 960 * k) for k in range(1, 200)]
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(0.020 - 1e-7 <= step <= 0.020 * (1 + SLEW) + 1e-7 for step in steps)
+    assert times[-1] == pytest.approx(1001.010 + 199 * 0.020, abs=1e-6)  # caught up
+
+
+def test_a_report_far_from_the_mapping_is_a_new_clock_taken_at_once() -> None:
+    clock = StreamClock(48000, settled_sender())
+    clock.sender_report(SenderReport(1000.0, 0))
+    clock.sender_time(48000)
+    clock.sender_report(SenderReport(2000.0, 96000))
+    assert clock.sender_time(96000) == pytest.approx(2000.0)
+
+
+def test_sender_reports_put_two_streams_of_one_sender_in_sync() -> None:
+    # The audio's packets arrive 150 ms later than the video's for the same instant (a
+    # slow path); the reports still put them at the same reference instant.
+    sender = SenderClock()
+    video = StreamClock(90000, sender, leading=True)
+    audio = StreamClock(48000, sender)
+    video.sender_report(SenderReport(500.0, 3000))
+    audio.sender_report(SenderReport(500.0, 960))
+    for k in range(60):
+        video.reference(3000 + 3000 * k, 20.0 + k * FRAME + 0.010)
+        audio.reference(960 + 1600 * k, 20.0 + k * FRAME + 0.160)
+    at_video = video.reference(3000 + 3000 * 60, 22.0 + 0.010)
+    at_audio = audio.reference(960 + 1600 * 60, 22.0 + 0.160)
+    assert at_video == pytest.approx(at_audio)
+
+
+# -- FrameInterval ---------------------------------------------------------------------
+
+
+def test_the_frame_interval_is_the_median_and_the_grid_never_coarser_than_30_fps() -> None:
+    frames = FrameInterval()
+    assert frames.interval is None and frames.grid == DEFAULT_FRAME_INTERVAL
+    for t in [0, 1 / 15, 2 / 15, 3 / 15, 4 / 15 + 0.01]:
+        frames.add(t)
+    assert frames.interval == pytest.approx(1 / 15)
+    assert frames.grid == DEFAULT_FRAME_INTERVAL
+    sixty = FrameInterval()
+    for k in range(10):
+        sixty.add(k / 60)
+    assert sixty.grid == pytest.approx(1 / 60)
+
+
+# -- Timeline ---------------------------------------------------------------------------
+
+
+def settled_timeline(start: float = 10.0) -> Timeline:
+    timeline = Timeline(start)
+    timeline.settle(start)
+    return timeline
+
+
+def test_pauses_are_cut_out_of_every_tracks_time() -> None:
+    timeline = settled_timeline()
+    assert timeline.output_time(11.0) == pytest.approx(1.0)
+    timeline.pause(13.0)
+    assert timeline.output_time(13.5) is None
+    timeline.resume(18.0)
+    timeline.settle(18.0)
+    assert timeline.output_time(18.5) == pytest.approx(3.5)
+    assert timeline.cuts() == [pytest.approx(3.0)]
+    assert timeline.paused_time(20.0) == pytest.approx(5.0)
+    assert timeline.recorded_time(20.0) == pytest.approx(5.0)
+
+
+def test_a_pause_cuts_whole_frame_intervals_the_nearest_to_the_time_paused() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    timeline.resume(11.0 + 10.4 * FRAME)
+    timeline.settle()
+    after = 11.0 + 20 * FRAME
+    assert timeline.output_time(after) == pytest.approx(1.0 + 10 * FRAME)
+    timeline.pause(13.0)
+    timeline.resume(13.0 + 10.4 * FRAME)  # in all 20.8 frames paused: 21 cut
+    timeline.settle()
+    assert timeline.output_time(14.0) == pytest.approx(4.0 - 21 * FRAME)
+
+
+def test_a_resume_waits_for_the_first_keyframe_and_rounds_the_cut_down_for_it() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    timeline.resume(11.0 + 10.6 * FRAME)  # 11 frames would be cut
+    assert timeline.holds(11.0 + 10.7 * FRAME) and not timeline.holds(10.9)
+    keyframe = 11.0 + 10.7 * FRAME  # would land 0.3 frame before the cut
+    assert timeline.can_settle_at(keyframe)
+    timeline.settle(keyframe, after=0.001)
+    out = timeline.output_time(keyframe)
+    assert out is not None and out >= 1.0 + 0.001
+    assert out == pytest.approx(1.0 + 0.7 * FRAME)  # 10 frames cut instead
+
+
+def test_a_keyframe_taken_just_before_the_resume_moves_the_resume_back() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    timeline.resume(12.0)
+    keyframe = 12.0 - 0.1
+    assert timeline.can_settle_at(keyframe)
+    timeline.settle(keyframe, after=0.001)
+    assert timeline.output_time(keyframe) is not None
+    assert timeline.paused_time(13.0) == pytest.approx(1.0)  # as asked
+    assert timeline.recorded_time(13.0) == pytest.approx(2.1)  # what the file lasts
+
+
+def test_a_keyframe_too_early_cannot_settle_a_resume() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    timeline.resume(12.0)
+    assert not timeline.can_settle_at(12.0 - EARLY_KEYFRAME - 0.01)
+    timeline.settle_if_late(12.5)
+    assert timeline.open
+    timeline.settle_if_late(14.0)
+    assert not timeline.open
+
+
+def test_the_start_moves_back_to_a_keyframe_taken_just_before_it() -> None:
+    timeline = Timeline(10.0)
+    assert timeline.holds(10.0 - EARLY_KEYFRAME) and not timeline.holds(9.0)
+    timeline.settle(9.9)
+    assert timeline.output_time(9.9) == pytest.approx(0.0)
+    assert timeline.output_time(10.0) == pytest.approx(0.1)
+
+
+def test_audio_only_recordings_are_never_held() -> None:
+    timeline = Timeline(10.0, lambda: None, video=False)
+    assert not timeline.holds(10.5)
+    timeline.pause(11.0)
+    timeline.resume(11.25)
+    assert not timeline.holds(11.3)
+    assert timeline.output_time(11.3) == pytest.approx(1.05)  # cut exactly, no grid
+
+
+def test_nothing_is_recorded_after_the_stop() -> None:
+    timeline = settled_timeline()
+    timeline.stop(12.0)
+    assert timeline.after_stop(12.0) and not timeline.after_stop(11.99)
+    assert timeline.output_time(12.5) is None
+    assert timeline.recorded_time(20.0) == pytest.approx(2.0)
+
+
+# -- file_origin ---------------------------------------------------------------------------
+
+
+def test_the_file_starts_at_a_point_of_the_video_grid_at_or_before_the_first_sample() -> None:
+    assert file_origin([1.0, 1.0 + FRAME], [], FRAME) == (1.0, 0)
+    origin, dropped = file_origin([1.0], [0.99, 1.01], FRAME)
+    assert dropped == 0 and origin == pytest.approx(1.0 - FRAME)
+    assert file_origin([], [0.5, 0.52], FRAME) == (0.5, 0)
+
+
+def test_a_first_audio_packet_half_a_frame_off_the_grid_is_left_out() -> None:
+    first_video = 1.0
+    audio = [first_video - FRAME / 2, first_video - FRAME / 2 + 0.02]
+    origin, dropped = file_origin([first_video], audio, FRAME)
+    assert dropped == 1
+    assert origin == first_video  # the next packet comes after the first frame
