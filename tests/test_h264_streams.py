@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import av
@@ -12,24 +10,30 @@ import pytest
 
 from rtc_recorder import MediaRecorder
 
-from .media import SyntheticVideo, ffmpeg_errors
+from .media import SyntheticVideo, ffmpeg_errors, wait_for
 from .test_passthrough import Peers
+
+
+def frames_written(recorder: MediaRecorder) -> int:
+    return int(recorder.getStats()["tracks"][0]["framesWritten"])
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
 async def test_h264_resolution_change_keeps_the_file_valid(suffix: str, tmp_path: Path) -> None:
     peers = Peers()
-    video = SyntheticVideo(width=320, height=240, sizes=[(1.0, 640, 360)])
+    video = SyntheticVideo(width=320, height=240)
     peers.sender.addTrack(video)
+    path = tmp_path / f"sizes{suffix}"
+    recorder = MediaRecorder(path)
     try:
         await peers.connect("h264")
-        video.clock.start = time.monotonic()  # the size changes 1 s into the recording
-        video._index = 0
-        path = tmp_path / f"sizes{suffix}"
-        recorder = MediaRecorder(path)
         recorder.addTrack(peers.remote_tracks[0])
         await recorder.start()
-        await asyncio.sleep(2.2)
+        await wait_for(lambda: frames_written(recorder) >= 10, 10, "frames at the first size")
+        # The camera switches a few frames from now, once the first size is in the file.
+        video.sizes.append((video._index / video.fps + 0.2, 640, 360))
+        written = frames_written(recorder)
+        await wait_for(lambda: frames_written(recorder) >= written + 20, 10, "the new size")
         await recorder.stop()
     finally:
         await peers.close()
