@@ -146,7 +146,8 @@ async def server_process(
     ``ssl_context``). Without ``recordings`` the server keeps its default folder. Its log
     goes to a file (a pipe nobody drains could fill and stall the server): read it with
     :func:`server_log`. Admission by load is off unless ``args`` or ``env`` set a limit (see
-    :data:`NO_LOAD_LIMITS`)."""
+    :data:`NO_LOAD_LIMITS`). Its ICE gathers on 127.0.0.1 only unless ``env`` or ``args``
+    say otherwise."""
     port = port or free_port()
     folder = ["--recordings", str(recordings)] if recordings is not None else []
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
@@ -157,7 +158,15 @@ async def server_process(
         cwd=cwd,
         stderr=log,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(pythonpath), **NO_LOAD_LIMITS_ENV, **(env or {})},
+        # ICE stays on loopback, as loopback_only holds it in this process; a test that
+        # means another address says so with --ice-address (flags beat variables).
+        env={
+            **os.environ,
+            "PYTHONPATH": str(pythonpath),
+            "RTC_RECORDER_ICE_ADDRESS": "127.0.0.1",
+            **NO_LOAD_LIMITS_ENV,
+            **(env or {}),
+        },
         preexec_fn=preexec_fn,
     )
     _logs[process.pid] = Path(log.name)

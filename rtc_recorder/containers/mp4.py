@@ -305,7 +305,10 @@ class Mp4Writer(ContainerWriter):
                 0x0018,  # depth: colour, no alpha
                 -1,
             )
-            return box(b"avc1", visual + box(b"avcC", form.config))
+            # avc3: parameter sets may also travel in the samples, as they do from WebRTC
+            # senders, so a new SPS (a camera changing resolution) keeps the file valid;
+            # avc1 would require every parameter set to be in this one sample entry.
+            return box(b"avc3", visual + box(b"avcC", form.config))
         if form.codec == "opus":
             head = OpusHead.parse(form.config)
             audio = reserved_and_reference + struct.pack(

@@ -20,7 +20,6 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpReceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
@@ -30,6 +29,8 @@ from ..events import BlobEvent, ErrorEvent, Event
 from ..mediarecorder import MediaRecorder
 from ..mediastream import MediaStream
 from ..mimetype import parse_type
+from ..receive.negotiation import prefer_codec
+from ..receive.transport import PortsExhausted, apply_ice_policy
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
 
@@ -244,8 +245,9 @@ class Session:
             elif event.type == "start":
                 message.update(mimeType=recorder.mimeType)
             elif event.type == "stop":
-                duration = recorder.getStats()["duration"]
-                message.update(duration=duration)
+                stats = recorder.getStats()
+                duration = stats["duration"]
+                message.update(duration=duration, tracks=_track_summaries(stats))
                 state = {"state": "failed", "error": failed[0]} if failed else {"state": "complete"}
                 self._store.write_meta(name, duration=duration, **state)
             if event.type != "dataavailable":
@@ -326,8 +328,12 @@ class SessionManager:
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            apply_ice_policy(pc, self.settings.ice_policy)  # before the answer gathers
             _prefer_codec(pc, recording_type.video or recording_type.container.default_video)
             await pc.setLocalDescription(await pc.createAnswer())
+        except PortsExhausted as exc:
+            await pc.close()
+            raise TooManySessions(str(exc)) from exc
         except Exception as exc:
             # aiortc raises many kinds of errors on offers it cannot take, in any of these
             # steps (a media section without a direction makes createAnswer fail, say).
@@ -379,6 +385,12 @@ class SessionManager:
         return durations
 
 
+def _track_summaries(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per recorded track: how it was recorded (pass-through or transcoded) and its frames."""
+    keys = ("kind", "codec", "path", "framesReceived", "framesWritten", "framesDecoded")
+    return [{key: track.get(key) for key in keys} for track in stats["tracks"]]
+
+
 def check_offer(sdp: str) -> None:
     """Refuse offers that are obviously unusable before aiortc spends time on them."""
     if not isinstance(sdp, str) or not sdp.strip():
@@ -399,19 +411,8 @@ def check_offer(sdp: str) -> None:
 def _prefer_codec(pc: RTCPeerConnection, video_codec: str | None) -> None:
     """Put the codec the recording can keep as it is first, so the sender sends it."""
     preferred = PREFERRED_VIDEO.get(video_codec or "")
-    if preferred is None:
-        return
-    capabilities = RTCRtpReceiver.getCapabilities("video")
-    if capabilities is None:
-        return
-    codecs = capabilities.codecs
-    ordered = [c for c in codecs if c.mimeType == preferred] + [
-        c for c in codecs if c.mimeType != preferred
-    ]
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind == "video":
-            with contextlib.suppress(Exception):
-                transceiver.setCodecPreferences(ordered)
+    if preferred is not None:
+        prefer_codec(pc, preferred)
 
 
 __all__ = ["BadOffer", "NotSupportedError", "Session", "SessionManager", "TooManySessions"]

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..mimetype import is_type_supported
+from ..receive.transport import IcePolicy
 
 ADMISSION_LIMITS = (
     "admission_loop_lag",
@@ -38,6 +41,9 @@ class Settings:
     max_recording_bytes: int | None = None
     idle_timeout: float = 15.0
     ice_servers: str = ""
+    ice_address: tuple[str, ...] = ()
+    announce_address: str | None = None
+    udp_ports: tuple[int, int] | None = None
     log_format: str = "text"
     # Admission by measured load (see admission.py); 0 turns a signal off.
     admission_loop_lag: float = 200.0
@@ -63,6 +69,54 @@ class Settings:
                 raise ValueError(f"{_flag(name)} must not be negative")
         if not 0 < self.admission_resume <= 1:
             raise ValueError("--admission-resume is a ratio above 0, at most 1")
+        for address in self.ice_address:
+            _check_local_address(address)
+        if self.announce_address is not None:
+            _check_announce_address(self.announce_address)
+        if self.udp_ports is not None:
+            _check_port_range(self.udp_ports, self.ice_servers)
+
+    @property
+    def ice_policy(self) -> IcePolicy:
+        """Where the sessions' ICE gathers, what it announces, which ports it binds."""
+        return IcePolicy(self.ice_address, self.announce_address, self.udp_ports)
+
+
+def _check_local_address(address: str) -> None:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"--ice-address: {address!r} is not an IP address") from None
+    if parsed.is_unspecified:
+        raise ValueError(f"--ice-address: {address} is no single address")
+    family = socket.AF_INET6 if parsed.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as exc:
+            raise ValueError(
+                f"--ice-address: {address} is not an address of this machine ({exc.strerror})"
+            ) from None
+
+
+def _check_announce_address(address: str) -> None:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"--announce-address: {address!r} is not an IP address") from None
+    if parsed.is_unspecified or parsed.is_multicast:
+        raise ValueError(f"--announce-address: {address} cannot be reached by a peer")
+
+
+def _check_port_range(ports: tuple[int, int], ice_servers: str) -> None:
+    low, high = ports
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"--udp-ports: {low}-{high} is not a range within 1-65535")
+    if ice_servers.strip():
+        raise ValueError(
+            "--udp-ports cannot be combined with --ice-servers (STUN and TURN clients bind "
+            "sockets outside the range); use --announce-address behind a 1:1 NAT"
+        )
 
 
 _HELP = {
@@ -81,6 +135,10 @@ _HELP = {
     "max_recording_bytes": "stop a recording once its file reaches this many bytes",
     "idle_timeout": "close a session that has not connected, or has sent no media, for this long",
     "ice_servers": "comma-separated STUN/TURN URLs for ICE (none by default: host candidates)",
+    "ice_address": "a local address ICE gathers candidates on (repeat it for several; "
+    "comma-separated in the variable); default: every interface",
+    "announce_address": "the public address host candidates carry (a server behind 1:1 NAT)",
+    "udp_ports": "MIN-MAX: the UDP port range every ICE socket is bound in",
     "log_format": "'text' (key=value) or 'json' (one object per line)",
     "admission_loop_lag": "refuse new sessions while the event loop's lag p99 is above this many "
     "ms (0: off)",
@@ -114,6 +172,16 @@ def _parse_bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _parse_range(text: str) -> tuple[int, int]:
+    low, separator, high = text.partition("-")
+    if not separator:
+        raise ValueError(f"{text!r} is not MIN-MAX")
+    try:
+        return int(low), int(high)
+    except ValueError:
+        raise ValueError(f"{text!r} is not MIN-MAX") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; each defaults to its ``RTC_RECORDER_*`` variable."""
     for field in fields(Settings):
@@ -121,6 +189,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if field.type == "bool":
             parser.add_argument(
                 _flag(field.name), action="store_true", default=None, help=help_text
+            )
+        elif field.type == "tuple[str, ...]":
+            parser.add_argument(
+                _flag(field.name),
+                action="append",
+                default=None,
+                metavar=field.name.upper(),
+                help=help_text,
             )
         else:
             parser.add_argument(
@@ -146,8 +222,13 @@ def from_arguments(
 def _convert(name: str, kind: str, raw: object) -> object:
     if isinstance(raw, bool):
         return raw
+    if kind == "tuple[str, ...]":
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        return tuple(item.strip() for item in items if item.strip())
     text = str(raw)
     try:
+        if kind == "tuple[int, int] | None":
+            return _parse_range(text)
         if kind == "bool":
             return _parse_bool(text)
         if kind == "int":
