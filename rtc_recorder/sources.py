@@ -40,6 +40,7 @@ KEYFRAME_RETRY = 0.25  # at most one keyframe request per this many seconds
 CONTAINER_TICK_US = 1000  # the coarsest container tick (Matroska's millisecond)
 OVERLAP_TOLERANCE_US = 1000  # audio may start this much before the previous one ends
 MAX_PENDING = 600  # frames held while a stream waits for its sender's first report
+UNSYNCHRONISED_WAIT = 6.0  # seconds a frame may wait for its sender's clock
 DEFAULT_AUDIO_US = 20_000
 # After a stop, media taken before it is awaited for at most this long (seconds).
 STOP_DRAIN = 0.5
@@ -227,6 +228,7 @@ class EncodedInput(TrackInput):
         self._frames_since_key = 0
         self._clock: StreamClock | None = None  # the stream's clock, once a frame came
         self._ready_since: float | None = None  # when frames could first be placed
+        self._stopping = False
         self._pending: deque[EncodedFrame] = deque()
         self._subscription = Subscription(self._on_frame, self._end, self._end)
 
@@ -247,6 +249,7 @@ class EncodedInput(TrackInput):
 
     def stop(self) -> None:
         self._tap.unsubscribe(self._subscription)
+        self._stopping = True
         self._drain()  # the recording has stopped: nothing waits for a (re)start any more
         self.counters.frames_dropped_unsynchronised += len(self._pending)
         self._pending.clear()
@@ -321,6 +324,8 @@ class EncodedInput(TrackInput):
             reference = frame.reference
             if reference is None:
                 clock = self._tap.clock(frame.ssrc, frame.clock_rate)
+                if self._given_up(frame):
+                    clock.place_by_arrival()
                 reference = frame.reference = clock.reference(frame.timestamp, frame.arrival)
             if reference is None:
                 return
@@ -342,6 +347,12 @@ class EncodedInput(TrackInput):
                     return
             self._pending.popleft()
             self._place_frame(frame, reference, keyframe)
+
+    def _given_up(self, frame: EncodedFrame) -> bool:
+        """Whether a frame has waited too long for its sender's clock (or the recording
+        stopped while it waited): it is better placed by arrival than lost."""
+        latest = self._pending[-1].arrival
+        return self._stopping or latest - frame.arrival > UNSYNCHRONISED_WAIT
 
     def _place_frame(self, frame: EncodedFrame, reference: float, keyframe: bool) -> None:
         late = self.counters.frames_dropped_late

@@ -35,6 +35,10 @@ from dataclasses import dataclass
 
 logger = logging.getLogger("rtc_recorder")
 
+# A sender's clock off by more than MAX_SKEW for this long (seconds of its time, with no
+# frame in between that agrees) has restarted; shorter, or with frames that agree in
+# between (a stream of the sender whose reports disagree), it is not followed.
+JUMP_PERSISTS = 0.5
 # A settled offset this much too large (seconds; frames arriving before the instant it
 # gives them) steps down.
 STEP_DOWN = 0.1
@@ -75,8 +79,8 @@ class SenderClock:
     its own timestamps (video frames on their grid, whatever the network does), unless
     frames arrive more than :data:`STEP_DOWN` before the instant it gives them (it was
     learned while congested: it steps down by whole frame intervals), or the sender's
-    clock jumps by more than :data:`MAX_SKEW` (a restart), which starts the learning
-    afresh.
+    clock jumps by more than :data:`MAX_SKEW` for :data:`JUMP_PERSISTS` (a restart),
+    which starts the learning afresh.
     """
 
     def __init__(self, settling: float = SETTLING) -> None:
@@ -84,6 +88,7 @@ class SenderClock:
         self._first: float | None = None  # the sender time learning began at
         self._last: float | None = None  # the latest sender time observed
         self._offset: float | None = None
+        self._jump_began: float | None = None  # sender time the clock first seemed off
 
     @property
     def offset(self) -> float | None:
@@ -101,8 +106,11 @@ class SenderClock:
         """A frame the sender stamped ``sender_time`` arrived at reference ``arrival``."""
         delay = arrival - sender_time
         if self._offset is not None and abs(delay - self._offset) > MAX_SKEW:
+            if not self._jumped(sender_time):
+                return  # one stream of the sender disagrees, or a moment's confusion
             logger.info("a sender's clock jumped by %.3f s: following it", delay - self._offset)
             self._first = self._last = self._offset = None
+        self._jump_began = None
         if self._first is None:
             self._first = sender_time
         if not self.settled:
@@ -116,6 +124,13 @@ class SenderClock:
             self._offset -= frames * DEFAULT_FRAME_INTERVAL
         if self._last is None or sender_time > self._last:
             self._last = sender_time
+
+    def _jumped(self, sender_time: float) -> bool:
+        """Whether the sender's clock has been off by more than :data:`MAX_SKEW` for long
+        enough (:data:`JUMP_PERSISTS` of its time, every frame) to be a new clock."""
+        if self._jump_began is None:
+            self._jump_began = sender_time
+        return sender_time - self._jump_began >= JUMP_PERSISTS
 
     def reference(self, sender_time: float) -> float | None:
         """The reference instant of ``sender_time`` (None until the clock has settled)."""
@@ -210,6 +225,15 @@ class StreamClock:
         self._anchor = target if moved == wanted else SenderReport(moved, timestamp)
         self._moved_at = timestamp
         return moved
+
+    def place_by_arrival(self) -> None:
+        """Give up on the sender's clock for this stream (its reports never came, or never
+        made sense): its frames are placed by their own timestamps and arrival from now."""
+        if self._sender is not None or self._private is None:
+            logger.warning("a stream's sender clock never settled: placing it by arrival")
+        self._sender = None
+        self._own_time = False
+        self._private = SenderClock(0.0)
 
     @property
     def ready(self) -> bool:

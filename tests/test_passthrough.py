@@ -424,6 +424,30 @@ async def test_a_slow_screen_share_with_loss_keeps_every_frame_retransmissions_r
     assert written >= sent - 2, (written, sent)  # every frame but what the edges take
 
 
+async def test_a_sender_without_reports_is_recorded_by_arrival(
+    peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tap_module.ReceiverTap, "_on_sender_report", lambda self, packet: None)
+    clock = Clock()
+    peers.sender.addTrack(SyntheticVideo(clock))
+    peers.sender.addTrack(SyntheticAudio(clock))
+    path = tmp_path / "no-reports.webm"
+    recorder = MediaRecorder(path)
+    peers.receiver.on("track", recorder.addTrack)
+    await peers.connect()
+    await recorder.start()
+    await wait_for(
+        lambda: (recorder.getStats()["tracks"][0]["lastFrameTime"] or 0) > 2.0, 20, "video"
+    )
+    await recorder.stop()
+    tracks = recorder.getStats()["tracks"]
+    assert [t["senderReportSync"] for t in tracks] == [False, False]
+    assert not ffmpeg_errors(path)
+    info = probe(path)
+    assert info["video"].end > 2.0 and info["audio"].end > 2.0
+    assert abs(info["video"].packets[0][0] - info["audio"].packets[0][0]) < 0.5
+
+
 async def test_rtp_timestamp_wraparound_is_seamless(
     peers: Peers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

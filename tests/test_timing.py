@@ -52,11 +52,22 @@ def test_a_sender_clock_that_jumps_learns_again() -> None:
     clock = SenderClock()
     for k in range(40):
         clock.observe(k * FRAME, 10.0 + k * FRAME)
-    clock.observe(500.0, 12.0)  # the sender's clock restarted
-    assert clock.reference(500.0) is None
-    for k in range(1, 40):
+    for k in range(20):  # the sender's clock restarted, and stays so
+        clock.observe(500.0 + k * FRAME, 12.0 + k * FRAME)
+    assert clock.reference(500.0) is None  # learning again
+    for k in range(20, 60):
         clock.observe(500.0 + k * FRAME, 12.0 + k * FRAME + MAX_SKEW / 100)
     assert clock.reference(501.0) == pytest.approx(13.0)
+
+
+def test_a_stream_whose_clock_disagrees_with_its_senders_does_not_unsettle_it() -> None:
+    clock = SenderClock()
+    for k in range(40):
+        clock.observe(k * FRAME, 10.0 + k * FRAME)
+    for k in range(40, 100):  # a second stream 10 s off, its frames between the first's
+        clock.observe(k * FRAME + 10.0, 10.0 + k * FRAME)
+        clock.observe(k * FRAME, 10.0 + k * FRAME)
+    assert clock.reference(5.0) == pytest.approx(15.0)
 
 
 # -- StreamClock and sender reports ----------------------------------------------------
@@ -297,3 +308,13 @@ def test_an_offset_learned_while_congested_steps_down_by_whole_frames() -> None:
     stepped = clock.offset
     assert stepped is not None and 10.010 <= stepped < 10.010 + FRAME
     assert (10.5 - stepped) / FRAME == pytest.approx(round((10.5 - stepped) / FRAME))
+
+
+def test_a_stream_given_up_on_is_placed_by_arrival_at_once() -> None:
+    sender = SenderClock()
+    clock = StreamClock(90000, sender)
+    assert clock.reference(0, 100.0) is None  # no report, the sender not settled
+    clock.place_by_arrival()
+    assert clock.reference(3000, 100.05) == pytest.approx(100.05)
+    assert clock.reference(6000, 100.09) == pytest.approx(100.05 + 3000 / 90000)
+    assert not clock.synchronised
