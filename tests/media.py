@@ -249,9 +249,8 @@ def contiguous_runs(
         allowed = 0.5 / rate + 1e-6 if tolerance is None else tolerance
         if not runs or rate != runs[-1][1] or abs(start - end) > allowed:
             runs.append((start, rate, []))
-            end = start
         runs[-1][2].append(samples)
-        end += len(samples) / rate
+        end = start + len(samples) / rate
     return [(start, rate, np.concatenate(parts)) for start, rate, parts in runs]
 
 
