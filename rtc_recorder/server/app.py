@@ -7,23 +7,41 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from prometheus_client import CollectorRegistry
 
 from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..mimetype import is_type_supported, supported_types
-from .recordings import RecordingStore, UnknownRecording
+from .notices import Notices
+from .recordings import (
+    BucketRecordings,
+    RecordingBusy,
+    Recordings,
+    RecordingStore,
+    StoreUnavailable,
+    UnknownRecording,
+)
 from .sessions import BadOffer, Session, SessionManager, TooManySessions
 from .settings import Settings
+from .storage import BucketLocation, open_bucket
+from .uploader import Uploader
+from .webhooks import WebhookSender
 
 logger = logging.getLogger("rtc_recorder.server")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions", SessionManager)
 STORE: web.AppKey[RecordingStore] = web.AppKey("store", RecordingStore)
+RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
+REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+NOTICES: web.AppKey[Notices] = web.AppKey("notices", Notices)
+
+UPLOAD_DRAIN_SECONDS = 20.0  # at shutdown, uploads get this long before they wait for a restart
+WEBHOOK_DRAIN_SECONDS = 5.0
 
 METHODS = ("start", "pause", "resume", "requestData", "stop")
 CORS_HEADERS = {
@@ -339,35 +357,35 @@ async def _reply(session: Session, text: str) -> dict[str, Any]:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    entries = await store.list(request.app[SESSIONS].live_durations())
+    try:
+        entries = await request.app[RECORDINGS].list(request.app[SESSIONS].live_durations())
+    except StoreUnavailable as exc:
+        raise ApiError(503, "NetworkError", str(exc)) from None
     return web.json_response([entry.to_json() for entry in entries])
 
 
-async def get_recording(request: web.Request) -> web.FileResponse:
-    """The file, with Range support (seeking in ``<video>``)."""
-    store = request.app[STORE]
-    name = request.match_info["name"]
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """The file, with Range support (seeking in ``<video>``), wherever it is kept."""
     try:
-        path = store.path(name)
+        return await request.app[RECORDINGS].respond(request, request.match_info["name"])
     except UnknownRecording:
         raise ApiError(404, "NotFoundError", "no such recording") from None
-    response = web.FileResponse(path, headers={"Cache-Control": "no-cache"})
-    response.content_type = store.content_type(name)
-    if "download" in request.query:
-        response.headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
-    return response
+    except StoreUnavailable as exc:
+        raise ApiError(503, "NetworkError", str(exc)) from None
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    store = request.app[STORE]
     name = request.match_info["name"]
     if name in request.app[SESSIONS].live_durations():
         raise ApiError(409, "InvalidStateError", "this recording is still being made")
     try:
-        store.delete(name)
+        await request.app[RECORDINGS].delete(name)
     except UnknownRecording:
         raise ApiError(404, "NotFoundError", "no such recording") from None
+    except RecordingBusy as exc:
+        raise ApiError(409, "InvalidStateError", str(exc)) from None
+    except StoreUnavailable as exc:
+        raise ApiError(503, "NetworkError", str(exc)) from None
     return web.json_response({"deleted": name})
 
 
@@ -403,15 +421,74 @@ async def _shutdown(app: web.Application) -> None:
     await app[SESSIONS].close_all()
 
 
+def _object_storage(
+    settings: Settings, uploader: Uploader, recordings: BucketRecordings
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The uploader's thread and the bucket the routes read, for the application's life."""
+    location = settings.location
+    assert isinstance(location, BucketLocation)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        uploader.start()
+        try:
+            async with open_bucket(location, settings.s3_endpoint) as bucket:
+                recordings.bucket = bucket
+                yield
+                recordings.bucket = None
+        finally:
+            await uploader.close(UPLOAD_DRAIN_SECONDS)
+
+    return context
+
+
+def _webhooks(sender: WebhookSender) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await sender.close(WEBHOOK_DRAIN_SECONDS)
+
+    return context
+
+
+def _events_out(app: web.Application, settings: Settings, spool: RecordingStore) -> Recordings:
+    """Webhooks and object storage, fed by the server's notices; where recordings are
+    listed and served from."""
+    notices, registry = app[NOTICES], app[REGISTRY]
+    if settings.webhook and settings.webhook_secret:
+        sender = WebhookSender(
+            settings.webhook, settings.webhook_secret, settings.webhook_retry_seconds, registry
+        )
+        notices.subscribe(sender.send)
+        app.cleanup_ctx.append(_webhooks(sender))  # cleaned up last: after the uploads
+    location = settings.location
+    if not isinstance(location, BucketLocation):
+        return spool
+    uploader = Uploader(
+        spool,
+        location,
+        settings.s3_endpoint,
+        settings.part_size,
+        settings.keep_local,
+        registry,
+        notices,
+    )
+    notices.subscribe(uploader.on_notice)
+    recordings = BucketRecordings(spool, uploader.busy)
+    app.cleanup_ctx.append(_object_storage(settings, uploader, recordings))
+    return recordings
+
+
 def create_app(settings: Settings) -> web.Application:
     """The server's application."""
     app = web.Application(
         middlewares=[cors, auth(settings.token), errors], client_max_size=settings.max_body
     )
-    store = RecordingStore(settings.recordings)
+    store = RecordingStore(settings.spool_folder)
     app[SETTINGS] = settings
     app[STORE] = store
-    app[SESSIONS] = SessionManager(settings, store)
+    app[REGISTRY] = CollectorRegistry()
+    app[NOTICES] = Notices()
+    app[SESSIONS] = SessionManager(settings, store, app[NOTICES])
+    app[RECORDINGS] = _events_out(app, settings, store)
     app.on_shutdown.append(_shutdown)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)

@@ -3,7 +3,7 @@
 The server drives each session's recording through :class:`rtc_recorder.MediaRecorder`'s
 public API only (a new recorder per recording, as a page would make one per recording).
 Every recorder event and connection-state change goes to the session's subscribers (the
-events WebSocket) and to the log.
+events WebSocket), to the log, and to :class:`Notices` (webhooks, the uploader).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..events import BlobEvent, ErrorEvent, Event
 from ..mediarecorder import MediaRecorder
 from ..mimetype import parse_type
+from .notices import Notices
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
 
@@ -63,6 +64,7 @@ class Session:
         mime_type: str,
         timeslice: int,
         on_closed: Callable[[Session], None],
+        notices: Notices,
     ) -> None:
         self.id = session_id
         self.pc = pc
@@ -76,6 +78,7 @@ class Session:
         self._settings = settings
         self._store = store
         self._on_closed = on_closed
+        self._notices = notices
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._sequence = 0  # numbers every message, so clients can order events and answers
         self._created_at = time.monotonic()
@@ -119,6 +122,7 @@ class Session:
         if message is not None:
             self._sequence += 1
             message["seq"] = self._sequence
+            self._notices.from_session(self.id, message)
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(message)
@@ -286,9 +290,12 @@ class Session:
 class SessionManager:
     """The sessions of one server."""
 
-    def __init__(self, settings: Settings, store: RecordingStore) -> None:
+    def __init__(
+        self, settings: Settings, store: RecordingStore, notices: Notices | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.notices = notices or Notices()
         self.sessions: dict[str, Session] = {}
 
     def get(self, session_id: str) -> Session:
@@ -315,6 +322,7 @@ class SessionManager:
             mime,
             timeslice or self.settings.timeslice,
             self._closed,
+            self.notices,
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -334,6 +342,7 @@ class SessionManager:
         self.sessions[session_id] = session
         session.start_watchdog()
         log("session", session=session_id, mimeType=mime)
+        self.notices.from_session(session_id, {"type": "session", "mimeType": mime})
         return session, pc.localDescription.sdp
 
     def _closed(self, session: Session) -> None:

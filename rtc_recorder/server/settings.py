@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..mimetype import is_type_supported
+from .storage import MIB, MIN_PART_SIZE, FolderLocation, Location, parse_storage
+from .webhooks import check_secret
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class Settings:
     idle_timeout: float = 15.0
     ice_servers: str = ""
     log_format: str = "text"
+    storage: str = ""
+    s3_endpoint: str | None = None
+    spool: Path | None = None
+    part_size: int = 8 * MIB
+    keep_local: bool = False
+    webhook: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_retry_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         if not is_type_supported(self.mime_type):
@@ -43,6 +53,47 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.log_format not in ("text", "json"):
             raise ValueError("--log-format is 'text' or 'json'")
+        self._check_storage()
+        self._check_webhooks()
+
+    def _check_storage(self) -> None:
+        location = self.location
+        recordings_given = self.recordings != Path("recordings")
+        if (
+            isinstance(location, FolderLocation)
+            and recordings_given
+            and location.folder.resolve() != self.recordings.resolve()
+        ):
+            raise ValueError("--storage file:DIR and --recordings name different folders")
+        if self.part_size < MIN_PART_SIZE:
+            raise ValueError(
+                f"--part-size must be at least {MIN_PART_SIZE} bytes (5 MiB, S3's smallest part)"
+            )
+
+    def _check_webhooks(self) -> None:
+        for url in self.webhook:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--webhook: {url!r} is not an http(s) URL")
+        if self.webhook and not self.webhook_secret:
+            raise ValueError("--webhook needs --webhook-secret (events are always signed)")
+        if self.webhook_secret is not None:
+            check_secret(self.webhook_secret)
+        if self.webhook_retry_seconds < 0:
+            raise ValueError("--webhook-retry-seconds cannot be negative")
+
+    @property
+    def location(self) -> Location:
+        """Where finished recordings are kept (``--storage``)."""
+        return parse_storage(self.storage or f"file:{self.recordings}")
+
+    @property
+    def spool_folder(self) -> Path:
+        """The folder recordings are written to while they are made: the recordings folder
+        itself with ``file:`` storage, else ``--spool`` (by default ``--recordings``)."""
+        location = self.location
+        if isinstance(location, FolderLocation):
+            return location.folder
+        return self.spool if self.spool is not None else self.recordings
 
 
 _HELP = {
@@ -62,6 +113,16 @@ _HELP = {
     "idle_timeout": "close a session that has not connected, or has sent no media, for this long",
     "ice_servers": "comma-separated STUN/TURN URLs for ICE (none by default: host candidates)",
     "log_format": "'text' (key=value) or 'json' (one object per line)",
+    "storage": "where recordings are kept: file:DIR (the default, --recordings) or "
+    "s3://BUCKET[/PREFIX]",
+    "s3_endpoint": "URL of an S3-compatible store (default: AWS)",
+    "spool": "folder recordings are written to before upload (default: --recordings)",
+    "part_size": "bytes per multipart upload part (at least 5 MiB)",
+    "keep_local": "keep a spooled recording once its upload is confirmed",
+    "webhook": "POST every session and recording event to this URL (repeatable; "
+    "the environment variable takes URLs separated by spaces)",
+    "webhook_secret": "Standard Webhooks signing secret (whsec_BASE64)",
+    "webhook_retry_seconds": "how long a webhook delivery is retried",
 }
 
 
@@ -90,6 +151,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 _flag(field.name), action="store_true", default=None, help=help_text
             )
+        elif field.type.startswith("tuple"):
+            parser.add_argument(
+                _flag(field.name),
+                action="append",
+                default=None,
+                metavar=field.name.upper(),
+                help=help_text,
+            )
         else:
             parser.add_argument(
                 _flag(field.name), default=None, metavar=field.name.upper(), help=help_text
@@ -114,6 +183,8 @@ def from_arguments(
 def _convert(name: str, kind: str, raw: object) -> object:
     if isinstance(raw, bool):
         return raw
+    if kind.startswith("tuple"):
+        return tuple(raw) if isinstance(raw, list) else tuple(str(raw).split())
     text = str(raw)
     try:
         if kind == "bool":
