@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
+from .storage_support import SeaweedFS
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +33,12 @@ def loopback_only() -> None:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
     RTCIceGatherer.getDefaultIceServers = staticmethod(lambda: [])  # type: ignore[method-assign]
     logging.getLogger("aioice").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 store for the whole test session (started on first use)."""
+    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    store.start()
+    yield store
+    store.stop()

@@ -329,6 +329,33 @@ def encode_sync_source(
     return EncodedMedia("vp8", packets, VIDEO_RATE), EncodedMedia("opus", opus, AUDIO_RATE)
 
 
+def encode_dense_video(
+    seconds: float, bitrate: int, width: int = 1280, height: int = 720, keyframe_every: int = 15
+) -> EncodedMedia:
+    """VP8 noise at ``bitrate``: recordings that grow by megabytes a second, offline
+    encoded (noise spends every bit the encoder is given)."""
+    video = av.CodecContext.create("libvpx", "w")
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.time_base = fractions.Fraction(1, VIDEO_RATE)
+    video.framerate = fractions.Fraction(30, 1)
+    video.bit_rate = bitrate
+    video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    rng = np.random.default_rng(7)
+    packets = []
+    for index in range(int(seconds * 30)):
+        picture = rng.integers(0, 256, (height, width, 3), np.uint8)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts = index * VIDEO_RATE // 30
+        frame.pict_type = (
+            av.video.frame.PictureType.I
+            if index % keyframe_every == 0
+            else av.video.frame.PictureType.NONE
+        )
+        for packet in video.encode(frame):
+            packets.append((float(packet.pts) / VIDEO_RATE, bytes(packet), packet.is_keyframe))
+    return EncodedMedia("vp8", packets, VIDEO_RATE)
+
+
 async def _frame_at(source: SyntheticVideo, index: int) -> av.VideoFrame:
     source._index = index
     source.clock.start = time.monotonic() - 3600  # far behind: never wait

@@ -121,6 +121,15 @@ def read_bytes(path: Path, start: int, length: int) -> bytes:
         return file.read(length)
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; empty if it is missing or is not one."""
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     """``(start, end)`` of parts 1..n of a file of ``size`` bytes (one part at least)."""
     count = max(1, math.ceil(size / part_size))
@@ -145,6 +154,8 @@ class RecordingUpload:
         self._spool = uploader.spool.folder
         self._state_path = self._spool / STATE_FOLDER / f"{name}.json"
         self._state = UploadState.load(self._state_path)
+        if self._state.complete:  # names are never reused: this is a new recording
+            self._state = UploadState()
         self._finished = asyncio.Event()
         self._interrupted = interrupted
 
@@ -353,7 +364,7 @@ class Uploader:
         """Start the uploader thread; resume what the spool holds (before any recording of
         this process starts, so nothing found there is mistaken for one)."""
         self._main = asyncio.get_running_loop()
-        for name in self._pending():
+        for name in self.pending():
             self._loop.call_soon_threadsafe(self._resume, name)
         self._thread.start()
 
@@ -408,7 +419,7 @@ class Uploader:
     def _stop(self) -> None:
         self._stopping.set()
 
-    def _pending(self) -> list[str]:
+    def pending(self) -> list[str]:
         """Recordings of the spool whose upload was not confirmed."""
         folder = self.spool.folder
         names = []
@@ -484,7 +495,7 @@ class Uploader:
     def announce_uploaded(self, name: str, size: int) -> None:
         """Tell the main loop's listeners that ``name`` is in the bucket."""
         data: dict[str, Any] = {"name": name}
-        meta = self.spool.read_meta(name) or {}
+        meta = self.spool.read_meta(name) or read_json(self.spool.folder / name / "manifest.json")
         for key in ("session", "room"):
             if meta.get(key):
                 data[key] = meta[key]
