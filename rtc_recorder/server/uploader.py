@@ -181,9 +181,10 @@ class RecordingUpload:
         self._state.complete = True
         self._state.save(self._state_path)
         log("uploaded", name=self.name, bytes=size, seconds=round(time.monotonic() - began, 3))
-        self._uploader.announce_uploaded(self.name, size)
+        notice = self._uploader.uploaded_notice(self.name, size)
         if not self._uploader.keep_local:
             self._remove_from_spool()
+        self._uploader.announce(notice)
 
     @property
     def _bucket(self) -> Bucket:
@@ -492,13 +493,17 @@ class Uploader:
             self.spool.write_meta(name, state="interrupted", duration=probe_duration(path))
             log("repaired", name=name)
 
-    def announce_uploaded(self, name: str, size: int) -> None:
-        """Tell the main loop's listeners that ``name`` is in the bucket."""
+    def announce(self, notice: Notice) -> None:
+        """Publish ``notice`` on the main loop."""
+        assert self._main is not None
+        self._main.call_soon_threadsafe(self._notices.publish, notice)
+
+    def uploaded_notice(self, name: str, size: int) -> Notice:
+        """``recording.uploaded`` for ``name``, with the session or room its metadata names."""
         data: dict[str, Any] = {"name": name}
         meta = self.spool.read_meta(name) or read_json(self.spool.folder / name / "manifest.json")
         for key in ("session", "room"):
             if meta.get(key):
                 data[key] = meta[key]
         data.update(location=self.location.url(name), size=size)
-        assert self._main is not None
-        self._main.call_soon_threadsafe(self._notices.publish, Notice("recording.uploaded", data))
+        return Notice("recording.uploaded", data)

@@ -1,0 +1,243 @@
+"""Recordings that leave the machine: ``rtc-recorder serve --storage s3://...`` as a real
+process, aiortc publishers sending pre-encoded VP8 of random blocks (over a megabyte a
+second, so 5 MiB parts fill in seconds), SeaweedFS as the store and a webhook receiver checking signatures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from .media import Clock, EncodedMedia, PacketTrack, SyntheticAudio, ffmpeg_errors, probe
+from .server_support import publish, server_log, server_process
+from .storage_support import (
+    BUCKET,
+    WEBHOOK_SECRET,
+    SeaweedFS,
+    object_bytes,
+    uploaded_parts,
+    webhook_receiver,
+)
+
+PART = 5 * 1024 * 1024
+BITRATE = 10_000_000  # about 1.1 MB/s: a part every 4.5 s
+
+
+@pytest.fixture(scope="module")
+def dense_video() -> EncodedMedia:
+    from .media import encode_dense_video
+
+    return encode_dense_video(1.0, BITRATE)
+
+
+def dense_publisher(media: EncodedMedia) -> RTCPeerConnection:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    clock = Clock()
+    pc.addTrack(PacketTrack("video", media, clock))
+    pc.addTrack(SyntheticAudio(clock))
+    return pc
+
+
+def storage_args(seaweedfs: SeaweedFS, prefix: str, *extra: str) -> list[str]:
+    return [
+        "--storage",
+        f"s3://{BUCKET}/{prefix}",
+        "--s3-endpoint",
+        seaweedfs.endpoint,
+        "--part-size",
+        str(PART),
+        "--auto-record",
+        *extra,
+    ]
+
+
+async def recording_of(http: aiohttp.ClientSession, session: str) -> str:
+    """The name of the session's recording, once it has one."""
+    async with asyncio.timeout(15):
+        while True:
+            async with http.get(f"/api/sessions/{session}") as response:
+                name = (await response.json())["recording"]
+            if name:
+                return str(name)
+            await asyncio.sleep(0.05)
+
+
+async def until_parts(s3: Any, key: str, least: int, timeout: float = 30) -> list[int]:
+    """Wait until the unfinished upload of ``key`` holds parts 2..``least`` (never the
+    head, part 1: it is sent once the file is final)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            parts = await uploaded_parts(s3, key)
+            assert 1 not in parts, parts
+            if parts and parts[-1] >= least:
+                return parts
+            await asyncio.sleep(0.1)
+
+
+async def until_stored(s3: Any, key: str, timeout: float) -> bytes:
+    """The object once it exists (uploads complete atomically)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+            if any(item["Key"] == key for item in listing.get("Contents", [])):
+                return await object_bytes(s3, key)
+            await asyncio.sleep(0.2)
+
+
+def of_session(payloads: list[dict[str, Any]], session: str) -> list[str]:
+    return [p["type"] for p in payloads if p["data"].get("session") == session]
+
+
+async def test_a_recording_reaches_the_bucket_while_it_grows_and_is_served_from_it(
+    seaweedfs: SeaweedFS, dense_video: EncodedMedia, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    hook = ["--webhook", "", "--webhook-secret", WEBHOOK_SECRET]
+    async with webhook_receiver() as hooks:
+        hook[1] = hooks.url
+        args = storage_args(seaweedfs, tmp_path.name, *hook)
+        async with (
+            server_process(spool, *args, env=seaweedfs.environment) as (_, base),
+            aiohttp.ClientSession(base) as http,
+            seaweedfs.s3() as s3,
+        ):
+            publisher = await publish(http, pc=dense_publisher(dense_video))
+            session = publisher.session
+            name = await recording_of(http, session)
+            key = f"{tmp_path.name}/{name}"
+            await until_parts(s3, key, 2)
+            async with http.get(f"/api/sessions/{session}") as response:
+                assert (await response.json())["recorderState"] == "recording"
+            assert (spool / name).exists()
+
+            await http.post(f"/api/sessions/{session}/stop")
+            await hooks.until(
+                lambda got: "recording.uploaded" in of_session(got, session), 30, "the upload"
+            )
+            assert not (spool / name).exists() and not (spool / f"{name}.json").exists()
+            stored = await object_bytes(s3, key)
+            listed = {
+                entry["name"]: entry for entry in await (await http.get("/api/recordings")).json()
+            }
+            assert listed[name]["size"] == len(stored) and listed[name]["state"] == "complete"
+            assert listed[name]["session"] == session
+            async with http.get(f"/recordings/{name}", headers={"Range": "bytes=1000-4999"}) as r:
+                assert r.status == 206, await r.text()
+                assert r.headers["Content-Range"] == f"bytes 1000-4999/{len(stored)}"
+                assert await r.read() == stored[1000:5000]
+            async with http.get(f"/recordings/{name}") as response:
+                assert response.status == 200
+                assert response.content_type == "video/webm"
+                served = await response.read()
+            assert served == stored
+            copy = tmp_path / name
+            copy.write_bytes(served)
+            assert ffmpeg_errors(copy) == ""
+            assert len(stored) > 2 * PART
+
+            await http.delete(f"/api/sessions/{session}")
+            await hooks.until(
+                lambda got: "session.ended" in of_session(got, session), 15, "session.ended"
+            )
+            await publisher.close()
+    assert of_session(hooks.accepted, session) == [
+        "session.started",
+        "recording.started",
+        "recording.stopped",
+        "recording.uploaded",
+        "session.ended",
+    ]
+    assert all(d.accepted for d in hooks.deliveries)  # every signature held
+    uploaded = next(p for p in hooks.accepted if p["type"] == "recording.uploaded")
+    assert uploaded["data"] == {
+        "name": name,
+        "session": session,
+        "location": f"s3://{BUCKET}/{key}",
+        "size": len(stored),
+    }
+
+
+async def test_a_recording_cut_by_sigkill_is_uploaded_whole_at_the_next_start(
+    seaweedfs: SeaweedFS, dense_video: EncodedMedia, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    args = storage_args(seaweedfs, tmp_path.name)
+    async with (
+        server_process(spool, *args, env=seaweedfs.environment) as (process, base),
+        aiohttp.ClientSession(base) as http,
+        seaweedfs.s3() as s3,
+    ):
+        publisher = await publish(http, pc=dense_publisher(dense_video))
+        name = await recording_of(http, publisher.session)
+        key = f"{tmp_path.name}/{name}"
+        await until_parts(s3, key, 2)
+        process.kill()
+        process.wait(10)
+        await publisher.close()
+    on_disk = (spool / name).read_bytes()
+    assert json.loads((spool / f"{name}.json").read_text())["state"] == "recording"
+
+    async with (
+        server_process(spool, *args, env=seaweedfs.environment) as (process, _),
+        seaweedfs.s3() as s3,
+    ):
+        stored = await until_stored(s3, key, 60)
+        sidecar = json.loads(await object_bytes(s3, f"{key}.json"))
+        assert "repaired" in server_log(process)
+    assert stored == on_disk  # everything the crash left on disk
+    copy = tmp_path / name
+    copy.write_bytes(stored)
+    assert ffmpeg_errors(copy) == ""
+    assert sidecar["state"] == "interrupted" and sidecar["duration"] > 2
+    assert not (spool / name).exists()
+
+
+async def test_a_store_down_for_20_seconds_neither_slows_nor_damages_the_recording(
+    seaweedfs: SeaweedFS, dense_video: EncodedMedia, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    args = storage_args(seaweedfs, tmp_path.name)
+    async with (
+        server_process(spool, *args, env=seaweedfs.environment) as (process, base),
+        aiohttp.ClientSession(base) as http,
+    ):
+        publisher = await publish(http, pc=dense_publisher(dense_video))
+        name = await recording_of(http, publisher.session)
+        key = f"{tmp_path.name}/{name}"
+        async with seaweedfs.s3() as s3:
+            await until_parts(s3, key, 2)
+        seaweedfs.stop()
+        try:
+            # The outage itself (its length is the scenario, not a wait for something):
+            # the server answers throughout; the file shows what recording did meanwhile.
+            began = time.monotonic()
+            while time.monotonic() - began < 20:
+                async with asyncio.timeout(2), http.get("/healthz") as response:
+                    assert response.status == 200
+                await asyncio.sleep(0.5)
+        finally:
+            await asyncio.to_thread(seaweedfs.start)  # the publisher keeps sending meanwhile
+        await http.post(f"/api/sessions/{publisher.session}/stop")
+        async with seaweedfs.s3() as s3:
+            stored = await until_stored(s3, key, 60)
+        await publisher.close()
+        assert "the object store failed, retrying" in server_log(process)
+    copy = tmp_path / name
+    copy.write_bytes(stored)
+    assert ffmpeg_errors(copy) == ""
+    video = probe(copy, decode=False)["video"]
+    times = [at for at, _, _ in video.packets]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # The recording went on through the outage. (A machine busy with other work can
+    # lose packets, so a frame here and there, outage or not: the bounds allow that much.)
+    span = times[-1] - times[0]
+    assert span > 24
+    assert len(times) >= 0.97 * (30 * span + 1), (len(times), span)
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    assert gaps[worst] < 2, f"video stalled {gaps[worst]:.3f} s at {times[worst]:.3f} s"
