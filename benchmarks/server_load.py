@@ -42,7 +42,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,10 +102,18 @@ class Server:
     from this process: if this process dies, the pipe closes and the server stops itself.
     """
 
-    def __init__(self, port: int, recordings: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        port: int,
+        recordings: Path,
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.recordings = recordings
         self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
         self.command = [
             sys.executable,
             str(SERVER_WRAPPER),
@@ -117,6 +125,7 @@ class Server:
             "--auto-record",
             "--log-format",
             "json",
+            *extra_args,
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
@@ -138,6 +147,7 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=CHECKOUT,
+            env=self.env,
         )
 
     def check(self) -> None:
@@ -540,11 +550,19 @@ def _wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
-    """Start the server and the senders, load it for ``--seconds``, hang up, stop it; the
-    raw measurements (the files are verified afterwards)."""
+def run_load(
+    args: argparse.Namespace,
+    media_path: Path,
+    workdir: Path,
+    server_args: Sequence[str] = (),
+    server_env: dict[str, str] | None = None,
+    before_stop: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Start the server (``server_args`` added to its command) and the senders, load it
+    for ``--seconds``, hang up, call ``before_stop(raw)``, stop it; the raw measurements
+    (the files are verified afterwards)."""
     recordings = workdir / "recordings"
-    server = Server(_free_port(), recordings, workdir / "server.log")
+    server = Server(_free_port(), recordings, workdir / "server.log", server_args, server_env)
     senders = Senders()
     monitor: Monitor | None = None
     connect_timeout = args.connect_timeout or 20.0 + 2.0 * args.sessions
@@ -615,6 +633,8 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         for name in names:
             senders.send(name, {"type": "close"})
         senders.join(timeout=30)
+        if before_stop is not None:
+            before_stop(raw)
         monitor.stop()
         raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
         _log(f"server exited with status {raw['serverStop']['exitCode']}")
