@@ -16,7 +16,15 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from .media import Clock, EncodedMedia, PacketTrack, SyntheticAudio, ffmpeg_errors, probe
+from .media import (
+    Clock,
+    EncodedMedia,
+    PacketTrack,
+    SyntheticAudio,
+    ffmpeg_errors,
+    probe,
+    wait_for,
+)
 from .server_support import publish, server_log, server_process
 from .storage_support import (
     BUCKET,
@@ -133,6 +141,9 @@ async def test_a_recording_reaches_the_bucket_while_it_grows_and_is_served_from_
                 assert r.status == 206, await r.text()
                 assert r.headers["Content-Range"] == f"bytes 1000-4999/{len(stored)}"
                 assert await r.read() == stored[1000:5000]
+            beyond = {"Range": f"bytes={len(stored)}-"}
+            async with http.get(f"/recordings/{name}", headers=beyond) as response:
+                assert response.status == 416
             async with http.get(f"/recordings/{name}") as response:
                 assert response.status == 200
                 assert response.content_type == "video/webm"
@@ -242,3 +253,28 @@ async def test_a_store_down_for_20_seconds_neither_slows_nor_damages_the_recordi
     assert len(times) >= 0.97 * (30 * span + 1), (len(times), span)
     worst = max(range(len(gaps)), key=gaps.__getitem__)
     assert gaps[worst] < 2, f"video stalled {gaps[worst]:.3f} s at {times[worst]:.3f} s"
+
+
+async def test_sigterm_finalizes_and_uploads_every_recording_before_the_process_exits(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    args = storage_args(seaweedfs, tmp_path.name)
+    async with (
+        server_process(spool, *args, env=seaweedfs.environment) as (process, base),
+        aiohttp.ClientSession(base) as http,
+    ):
+        publisher = await publish(http)
+        name = await recording_of(http, publisher.session)
+        file = spool / name
+        await wait_for(lambda: file.exists() and file.stat().st_size > 50_000, 15, "media")
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 30) == 0
+        await publisher.close()
+    async with seaweedfs.s3() as s3:
+        stored = await object_bytes(s3, f"{tmp_path.name}/{name}")
+        sidecar = json.loads(await object_bytes(s3, f"{tmp_path.name}/{name}.json"))
+    assert sidecar["state"] == "complete" and not (spool / name).exists()
+    copy = tmp_path / name
+    copy.write_bytes(stored)
+    assert ffmpeg_errors(copy) == ""
