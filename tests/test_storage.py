@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,20 @@ def storage_args(seaweedfs: SeaweedFS, prefix: str, *extra: str) -> list[str]:
     ]
 
 
+@asynccontextmanager
+async def storage_server(
+    seaweedfs: SeaweedFS, folder: Path, *extra: str
+) -> AsyncIterator[tuple[subprocess.Popen[str], aiohttp.ClientSession]]:
+    """``serve --auto-record`` spooling to ``folder/spool`` and uploading under the prefix
+    ``folder.name``; the process and an HTTP client for it."""
+    args = storage_args(seaweedfs, folder.name, *extra)
+    async with (
+        server_process(folder / "spool", *args, env=seaweedfs.environment) as (process, base),
+        aiohttp.ClientSession(base) as http,
+    ):
+        yield process, http
+
+
 async def recording_of(http: aiohttp.ClientSession, session: str) -> str:
     """The name of the session's recording, once it has one."""
     async with asyncio.timeout(15):
@@ -111,12 +128,7 @@ async def test_a_recording_reaches_the_bucket_while_it_grows_and_is_served_from_
     hook = ["--webhook", "", "--webhook-secret", WEBHOOK_SECRET]
     async with webhook_receiver() as hooks:
         hook[1] = hooks.url
-        args = storage_args(seaweedfs, tmp_path.name, *hook)
-        async with (
-            server_process(spool, *args, env=seaweedfs.environment) as (_, base),
-            aiohttp.ClientSession(base) as http,
-            seaweedfs.s3() as s3,
-        ):
+        async with storage_server(seaweedfs, tmp_path, *hook) as (_, http), seaweedfs.s3() as s3:
             publisher = await publish(http, pc=dense_publisher(dense_video))
             session = publisher.session
             name = await recording_of(http, session)
@@ -180,12 +192,7 @@ async def test_a_recording_cut_by_sigkill_is_uploaded_whole_at_the_next_start(
     seaweedfs: SeaweedFS, dense_video: EncodedMedia, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    args = storage_args(seaweedfs, tmp_path.name)
-    async with (
-        server_process(spool, *args, env=seaweedfs.environment) as (process, base),
-        aiohttp.ClientSession(base) as http,
-        seaweedfs.s3() as s3,
-    ):
+    async with storage_server(seaweedfs, tmp_path) as (process, http), seaweedfs.s3() as s3:
         publisher = await publish(http, pc=dense_publisher(dense_video))
         name = await recording_of(http, publisher.session)
         key = f"{tmp_path.name}/{name}"
@@ -196,10 +203,7 @@ async def test_a_recording_cut_by_sigkill_is_uploaded_whole_at_the_next_start(
     on_disk = (spool / name).read_bytes()
     assert json.loads((spool / f"{name}.json").read_text())["state"] == "recording"
 
-    async with (
-        server_process(spool, *args, env=seaweedfs.environment) as (process, _),
-        seaweedfs.s3() as s3,
-    ):
+    async with storage_server(seaweedfs, tmp_path) as (process, _), seaweedfs.s3() as s3:
         stored = await until_stored(s3, key, 60)
         sidecar = json.loads(await object_bytes(s3, f"{key}.json"))
         assert "repaired" in server_log(process)
@@ -215,11 +219,7 @@ async def test_a_store_down_for_20_seconds_neither_slows_nor_damages_the_recordi
     seaweedfs: SeaweedFS, dense_video: EncodedMedia, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    args = storage_args(seaweedfs, tmp_path.name, "--keep-local")
-    async with (
-        server_process(spool, *args, env=seaweedfs.environment) as (process, base),
-        aiohttp.ClientSession(base) as http,
-    ):
+    async with storage_server(seaweedfs, tmp_path, "--keep-local") as (process, http):
         publisher = await publish(http, pc=dense_publisher(dense_video))
         name = await recording_of(http, publisher.session)
         key = f"{tmp_path.name}/{name}"
@@ -259,11 +259,7 @@ async def test_sigterm_finalizes_and_uploads_every_recording_before_the_process_
     seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    args = storage_args(seaweedfs, tmp_path.name)
-    async with (
-        server_process(spool, *args, env=seaweedfs.environment) as (process, base),
-        aiohttp.ClientSession(base) as http,
-    ):
+    async with storage_server(seaweedfs, tmp_path) as (process, http):
         publisher = await publish(http)
         name = await recording_of(http, publisher.session)
         file = spool / name
