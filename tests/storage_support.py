@@ -6,6 +6,7 @@ Webhooks library."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import subprocess
@@ -107,7 +108,7 @@ class SeaweedFS:
 
     def _until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        client = self.client()
+        client = self.client
         last: Exception | None = None
         while time.monotonic() < deadline:
             assert self.process is not None
@@ -140,8 +141,10 @@ class SeaweedFS:
         text = (self.folder / "weed.log").read_text(errors="replace")
         return text[-4000:]
 
+    @functools.cached_property
     def client(self) -> Any:
-        """A (blocking) botocore S3 client, for set-up."""
+        """A (blocking) botocore S3 client, for set-up: made once, since making one holds
+        the GIL for a while, which a restart in mid-test must not do to the publishers."""
         return botocore.session.get_session().create_client(
             "s3",
             endpoint_url=self.endpoint,
