@@ -22,7 +22,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3 refuses smaller parts (all but the last)
-MAX_PARTS = 10_000  # S3's limit on parts per upload
 
 # Exceptions a store call may fail with: the store's own answers and the network's.
 StoreError = (ClientError, BotoCoreError, OSError)
@@ -163,18 +162,6 @@ class Bucket:
             UploadId=upload,
             MultipartUpload={"Parts": parts},
         )
-
-    async def abort_multipart(self, name: str, upload: str) -> None:
-        await self._client.abort_multipart_upload(
-            Bucket=self.name, Key=self.location.key(name), UploadId=upload
-        )
-
-    async def list_parts(self, name: str, upload: str) -> dict[int, int]:
-        """The parts the store holds for an upload: size by part number."""
-        answer = await self._client.list_parts(
-            Bucket=self.name, Key=self.location.key(name), UploadId=upload
-        )
-        return {int(part["PartNumber"]): int(part["Size"]) for part in answer.get("Parts", [])}
 
     # -- whole objects ----------------------------------------------------------------------
 
