@@ -67,16 +67,19 @@ class Receiver:
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
 
     def start(self) -> str:
+        """Start receiving; the URL to give the server."""
         self._thread.start()
         if not self._ready.wait(10) or self.receiver is None:
             raise server_load.BenchmarkError("the webhook receiver did not start")
         return self.receiver.url
 
     def payloads(self) -> list[dict[str, Any]]:
+        """What arrived so far, signature checked."""
         assert self.receiver is not None
         return list(self.receiver.accepted)
 
     def stop(self) -> None:
+        """Stop receiving."""
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
@@ -164,7 +167,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def markdown(disk: dict[str, Any], s3: dict[str, Any], command: str) -> str:
+    """The two runs side by side."""
+
     def cpu(summary: dict[str, Any]) -> float | None:
+        """The server's mean CPU while recording."""
         return summary.get("serverCpuCoresMean")
 
     ratio = (cpu(s3) or 0) / cpu(disk) if cpu(disk) else None
@@ -236,6 +242,7 @@ def markdown(disk: dict[str, Any], s3: dict[str, Any], command: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(
         description="rtc-recorder serve with N pre-encoded 720p sessions: disk only against "
         "uploading to SeaweedFS (S3) while recording.",
@@ -254,6 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run both, write the results, print the table with ``--markdown``."""
     args = parse_args(argv)
     command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
     args.out = args.out.resolve()

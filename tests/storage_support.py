@@ -52,6 +52,7 @@ class SeaweedFS:
 
     @property
     def endpoint(self) -> str:
+        """The S3 gateway's URL."""
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     @property
@@ -138,6 +139,7 @@ class SeaweedFS:
         self.process = None
 
     def log(self) -> str:
+        """The end of the server's log."""
         text = (self.folder / "weed.log").read_text(errors="replace")
         return text[-4000:]
 
@@ -177,12 +179,14 @@ def _reachable(endpoint: str) -> bool:
 
 
 async def object_bytes(s3: Any, key: str) -> bytes:
+    """The whole object ``key`` of the test bucket."""
     answer = await s3.get_object(Bucket=BUCKET, Key=key)
     async with answer["Body"] as body:
         return bytes(await body.read())
 
 
 async def object_keys(s3: Any, prefix: str) -> set[str]:
+    """The keys under ``prefix`` in the test bucket."""
     answer = await s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return {item["Key"] for item in answer.get("Contents", [])}
 
@@ -228,6 +232,7 @@ class WebhookReceiver:
         return [d.payload for d in self.deliveries if d.accepted and d.payload is not None]
 
     async def handle(self, request: web.Request) -> web.Response:
+        """One delivery: verified, recorded, answered 204 or (while failing) 500."""
         body = await request.read()
         try:
             payload = Webhook(WEBHOOK_SECRET).verify(body, dict(request.headers))
@@ -251,6 +256,7 @@ class WebhookReceiver:
 
 @asynccontextmanager
 async def webhook_receiver(fail_first: int = 0) -> AsyncIterator[WebhookReceiver]:
+    """A :class:`WebhookReceiver` listening on a free loopback port."""
     receiver = WebhookReceiver(fail_first)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .recordings import utc_now
+
 logger = logging.getLogger("rtc_recorder.server")
 
 # A session's event messages (``type`` as on its WebSocket) and their public types.
@@ -31,10 +33,6 @@ PUBLIC_TYPES = {
 _PRIVATE = ("type", "seq")
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 @dataclass(frozen=True)
 class Notice:
     """One event as it leaves the server: ``{type, timestamp, data}``."""
@@ -44,6 +42,7 @@ class Notice:
     timestamp: datetime.datetime = field(default_factory=utc_now)
 
     def to_json(self) -> dict[str, Any]:
+        """The payload that leaves the server."""
         stamp = self.timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         return {"type": self.type, "timestamp": stamp, "data": self.data}
 
@@ -70,6 +69,7 @@ class Notices:
         self._listeners: list[Listener] = []
 
     def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every notice from now on."""
         self._listeners.append(listener)
 
     def publish(self, notice: Notice) -> None:

@@ -72,6 +72,7 @@ class RecordingInfo:
     state: str  # "recording", "complete", "failed", or "unknown" (no sidecar)
 
     def to_json(self) -> dict[str, object]:
+        """The listing's entry."""
         return asdict(self)
 
     @classmethod
@@ -122,6 +123,7 @@ class Recordings(Protocol):
 
 
 def utc_now() -> datetime.datetime:
+    """Now, in UTC."""
     return datetime.datetime.now(datetime.UTC)
 
 

@@ -131,6 +131,7 @@ class Bucket:
 
     @property
     def name(self) -> str:
+        """The bucket's name."""
         return self.location.bucket
 
     # -- multipart ------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Bucket:
     # -- whole objects ----------------------------------------------------------------------
 
     async def put(self, name: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` as the object ``name`` (one request)."""
         await self._client.put_object(
             Bucket=self.name, Key=self.location.key(name), Body=data, ContentType=content_type
         )
@@ -211,6 +213,7 @@ class Bucket:
         return found
 
     async def delete(self, name: str) -> None:
+        """Remove the object ``name`` (removing one that is not there is no error)."""
         await self._client.delete_object(Bucket=self.name, Key=self.location.key(name))
 
 

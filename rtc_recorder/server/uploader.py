@@ -55,10 +55,12 @@ METADATA_SUFFIX = ".json"
 
 
 def log(event: str, **fields: object) -> None:
+    """A structured log record, as the sessions write them."""
     logger.info(event, extra={"fields": fields})
 
 
 def content_type(name: str) -> str:
+    """The Content-Type a file of the spool is stored with."""
     if name.endswith(METADATA_SUFFIX):
         return "application/json"
     return CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream")
@@ -93,6 +95,7 @@ class UploadState:
 
     @classmethod
     def load(cls, path: Path) -> UploadState:
+        """The state saved at ``path``; a fresh one if there is none (or it is unreadable)."""
         try:
             raw = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -107,6 +110,7 @@ class UploadState:
         return cls(files, bool(raw.get("complete")))
 
     def save(self, path: Path) -> None:
+        """Write the state to ``path`` atomically."""
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(asdict(self)))
@@ -164,6 +168,7 @@ class RecordingUpload:
         self._finished.set()
 
     async def run(self) -> None:
+        """Follow the recording until :meth:`finish`, then complete its upload."""
         await self._uploader.ready.wait()
         while not self._finished.is_set():
             await self._send_complete_parts()
@@ -394,6 +399,7 @@ class Uploader:
 
     @property
     def bucket(self) -> Bucket:
+        """The bucket (open once :attr:`ready` is set)."""
         assert self._bucket is not None
         return self._bucket
 
@@ -481,6 +487,7 @@ class Uploader:
             return result
 
     def count_bytes(self, size: int) -> None:
+        """Count ``size`` bytes the store confirmed."""
         self._bytes.inc(size)
 
     def repair(self, name: str) -> None:

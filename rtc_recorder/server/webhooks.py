@@ -22,7 +22,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter
 from standardwebhooks import Webhook
 
-from .notices import Notice, utc_now
+from .notices import Notice
+from .recordings import utc_now
 from .storage import Backoff
 
 logger = logging.getLogger("rtc_recorder.server")
