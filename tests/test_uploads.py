@@ -152,3 +152,27 @@ async def test_a_small_recording_is_one_object_and_stays_in_the_spool_with_keep_
     async with uploading(seaweedfs, tmp_path, prefix, keep_local=True) as (uploader, *rest):
         assert uploader.pending() == []
     assert rest[2].get_sample_value("rtc_recorder_upload_bytes_total") == 0
+
+
+async def test_an_upload_the_store_dropped_is_started_again_and_completes(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    prefix = f"{tmp_path.name}/"
+    name = "abcdef012345-20261201T101500Z.webm"
+    media = tmp_path / name
+    async with uploading(seaweedfs, tmp_path, prefix) as (_, notices, uploaded, registry):
+        notices.publish(started(name, session="abcdef012345"))
+        append(media, 2 * PART + 10)
+        async with seaweedfs.s3() as s3:
+            key = prefix + name
+            await wait_for_parts(s3, key, [2])
+            # What a bucket's lifecycle rule does to an upload left open too long.
+            listing = await s3.list_multipart_uploads(Bucket=BUCKET, Prefix=key)
+            for upload in listing["Uploads"]:
+                await s3.abort_multipart_upload(Bucket=BUCKET, Key=key, UploadId=upload["UploadId"])
+            append(media, PART)
+            data = media.read_bytes()
+            notices.publish(stopped(name, session="abcdef012345"))
+            await wait_for(lambda: name in uploaded.names, 30, "the upload to complete")
+            assert await object_bytes(s3, key) == data
+    assert registry.get_sample_value("rtc_recorder_upload_bytes_total") == len(data) + PART

@@ -231,9 +231,14 @@ class RecordingUpload:
             entry.upload = await self._uploader.retrying(
                 lambda: self._bucket.create_multipart(member, content_type(member))
             )
-            entry.parts.clear()
             self._state.save(self._state_path)
         return entry.upload
+
+    def _start_again(self, member: str) -> None:
+        """Forget an upload the store no longer has, and the parts it had."""
+        log("upload lost, starting again", name=self.name, file=member)
+        self._state.files[member] = FileUpload()
+        self._state.save(self._state_path)
 
     async def _send_part(self, member: str, number: int) -> None:
         part_size = self._uploader.part_size
@@ -246,8 +251,7 @@ class RecordingUpload:
                     raise
                 # The store dropped the upload (aborted by a lifecycle rule, say): start
                 # a new one; the parts sent before are sent again as the file needs them.
-                log("upload lost, starting again", name=self.name, file=member)
-                self._file(member).upload = None
+                self._start_again(member)
                 etag = await self._put_part(member, number, data)
         digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
         self._file(member).parts[number] = SentPart(etag, len(data), digest)
@@ -267,24 +271,33 @@ class RecordingUpload:
         path = self._spool / member
         size = path.stat().st_size
         part_size = self._uploader.part_size
-        entry = self._file(member)
-        if size <= part_size and entry.upload is None:
+        if size <= part_size and self._file(member).upload is None:
             return await self._put_whole(member)
         ranges = part_ranges(size, part_size)
-        for number in (*range(2, len(ranges) + 1), 1):
+        numbers = (*range(2, len(ranges) + 1), 1)
+        for number in numbers:
             start, end = ranges[number - 1]
-            if not self._sent_as_is(path, entry.parts.get(number), start, end):
+            if not self._sent_as_is(path, self._file(member).parts.get(number), start, end):
                 await self._send_part(member, number)
-        etags = [entry.parts[number].etag for number in range(1, len(ranges) + 1)]
+        # An upload the store lost meanwhile was started again: it needs every part.
+        while missing := [n for n in numbers if n not in self._file(member).parts]:
+            for number in missing:
+                await self._send_part(member, number)
+        parts = self._file(member).parts
+        etags = [parts[number].etag for number in range(1, len(ranges) + 1)]
         upload = await self._upload_id(member)
         try:
             await self._uploader.retrying(
                 lambda: self._bucket.complete_multipart(member, upload, etags)
             )
         except StoreError as exc:
-            # Completed before a crash that came before the state was saved?
-            if not is_missing(exc) or await self._bucket.size(member) != size:
+            if not is_missing(exc):
                 raise
+            if await self._bucket.size(member) != size:
+                # Lost before it could be completed: send it all again.
+                self._start_again(member)
+                return await self._complete_file(member)
+            # Else completed before a crash that came before the state was saved.
         return size
 
     async def _put_whole(self, member: str) -> int:
