@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
+from ..containers.matroska_repair import finish_cut_file
 from .notices import Notice, Notices
 from .recordings import CONTENT_TYPES, RecordingStore, probe_duration
 from .storage import Backoff, Bucket, BucketLocation, StoreError, is_missing, open_bucket
@@ -52,6 +53,7 @@ STATE_FOLDER = ".uploads"
 POLL_SECONDS = 1.0  # how often a growing recording is looked at for complete parts
 MAX_PARTS_IN_FLIGHT = 4  # bounds the memory parts take (each is --part-size bytes)
 METADATA_SUFFIX = ".json"
+MATROSKA_SUFFIXES = (".webm", ".mkv")
 
 
 def log(event: str, **fields: object) -> None:
@@ -504,14 +506,20 @@ class Uploader:
         self._bytes.inc(size)
 
     def repair(self, name: str) -> None:
-        """Finish the metadata of a recording the process died in the middle of: its
-        duration read from the file, and the state ``interrupted``. The file itself plays
-        as it is (every element reached the disk whole)."""
+        """Finish a recording the process died in the middle of, as far as its bytes allow:
+        a WebM or Matroska file gets what closing it would have written (duration, seek
+        head, segment size; a torn last element cut off); other files play as they are.
+        Its sidecar gets the duration read from the file and the state ``interrupted``."""
         path = self.spool.folder / name
         meta = self.spool.read_meta(name)
-        if path.is_file() and meta is not None and meta.get("state") == "recording":
-            self.spool.write_meta(name, state="interrupted", duration=probe_duration(path))
-            log("repaired", name=name)
+        if not path.is_file() or meta is None or meta.get("state") != "recording":
+            return
+        duration = probe_duration(path)
+        finished = False
+        if duration is not None and path.suffix in MATROSKA_SUFFIXES:
+            finished = finish_cut_file(path, round(duration * 1_000_000))
+        self.spool.write_meta(name, state="interrupted", duration=duration)
+        log("repaired", name=name, finished=finished)
 
     def announce(self, notice: Notice) -> None:
         """Publish ``notice`` on the main loop."""
