@@ -259,7 +259,7 @@ async def test_a_store_down_for_20_seconds_neither_slows_nor_damages_the_recordi
     # loses packets, hence frames, outage or not: the bounds allow a little of that.)
     span = times[-1] - times[0]
     assert span > 24
-    assert len(times) >= 0.97 * (30 * span + 1), (len(times), span)
+    assert len(times) >= 0.95 * (30 * span + 1), (len(times), span)
     worst = max(range(len(gaps)), key=gaps.__getitem__)
     assert gaps[worst] < 2, f"video stalled {gaps[worst]:.3f} s at {times[worst]:.3f} s"
 
