@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,20 @@ def _log(text: str) -> None:
 # -- one run ----------------------------------------------------------------------------------
 
 
-def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
-    """Start the server and the senders, load it for ``--seconds``, hang up, stop it; the
-    raw measurements (the files are verified afterwards)."""
+def run_load(
+    args: argparse.Namespace,
+    media_path: Path,
+    workdir: Path,
+    server_args: Sequence[str] = (),
+    server_env: dict[str, str] | None = None,
+    before_stop: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Start the server (``server_args`` added to its command, ``server_env`` to its
+    environment) and the senders, load it for ``--seconds``, hang up, call
+    ``before_stop(raw)``, stop it; the raw measurements (the files are verified
+    afterwards)."""
     recordings = workdir / "recordings"
-    server = Server(free_port(), recordings, workdir / "server.log")
+    server = Server(free_port(), recordings, workdir / "server.log", server_args, server_env)
     senders = Senders()
     monitor: Monitor | None = None
     connect_timeout = args.connect_timeout or 20.0 + 2.0 * args.sessions
@@ -156,6 +166,8 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         for name in names:
             senders.send(name, {"type": "close"})
         senders.join(timeout=30)
+        if before_stop is not None:
+            before_stop(raw)
         monitor.stop()
         raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
         _log(f"server exited with status {raw['serverStop']['exitCode']}")

@@ -74,7 +74,8 @@ def serve(argv: Sequence[str]) -> int:
         extra={
             "fields": {
                 "url": f"{scheme}://{settings.host}:{settings.port}/",
-                "recordings": str(settings.recordings.resolve()),
+                "recordings": str(settings.spool_folder.resolve()),
+                "storage": settings.storage or "file:",
                 "mimeType": settings.mime_type,
                 "autoRecord": settings.auto_record,
                 "token": settings.token is not None,

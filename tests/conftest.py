@@ -4,10 +4,12 @@ handler (an error escaping a callback or a task nobody awaited)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
+from benchmarks.loadbench.object_store import SeaweedFS
 
 from .server_support import hold_ice_to_loopback
 
@@ -26,3 +28,12 @@ async def strict_loop() -> AsyncIterator[None]:
 def loopback_only() -> None:
     """WebRTC in the tests stays on 127.0.0.1 (see :func:`hold_ice_to_loopback`)."""
     hold_ice_to_loopback()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 store for the whole test session (started on first use)."""
+    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    store.start()
+    yield store
+    store.stop()

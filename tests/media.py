@@ -367,23 +367,9 @@ def encode_sync_source(
 ) -> tuple[EncodedMedia, EncodedMedia]:
     """VP8 video that flashes white and Opus audio that beeps at the same source instants
     (see :func:`in_flash`), encoded offline."""
-    video = av.CodecContext.create("libvpx", "w")
-    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-    video.time_base = fractions.Fraction(1, VIDEO_RATE)
-    video.framerate = fractions.Fraction(30, 1)
-    video.bit_rate = 600_000
-    video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     source = SyntheticVideo(width=width, height=height)
-    packets = []
-    for index in range(int(seconds * 30)):
-        frame = asyncio.run(_frame_at(source, index))
-        frame.pict_type = (
-            av.video.frame.PictureType.I
-            if index % keyframe_every == 0
-            else av.video.frame.PictureType.NONE
-        )
-        for packet in video.encode(frame):
-            packets.append((float(packet.pts) / VIDEO_RATE, bytes(packet), packet.is_keyframe))
+    pictures = (asyncio.run(_frame_at(source, index)) for index in range(int(seconds * 30)))
+    video = _encode_vp8(pictures, width, height, 600_000, keyframe_every)
     audio = av.CodecContext.create("libopus", "w")
     audio.sample_rate, audio.layout, audio.format = AUDIO_RATE, "mono", "s16"
     audio.time_base = fractions.Fraction(1, AUDIO_RATE)
@@ -396,7 +382,48 @@ def encode_sync_source(
         for packet in audio.encode(frame):
             # the encoder's lookahead shifts its timestamps back; keep the source's timing
             opus.append((len(opus) * 0.02, bytes(packet), True))
-    return EncodedMedia("vp8", packets, VIDEO_RATE), EncodedMedia("opus", opus, AUDIO_RATE)
+    return video, EncodedMedia("opus", opus, AUDIO_RATE)
+
+
+def _encode_vp8(
+    pictures: Iterator[av.VideoFrame], width: int, height: int, bitrate: int, keyframe_every: int
+) -> EncodedMedia:
+    """30 fps VP8 of ``pictures``, a keyframe every ``keyframe_every`` frames."""
+    video = av.CodecContext.create("libvpx", "w")
+    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+    video.time_base = fractions.Fraction(1, VIDEO_RATE)
+    video.framerate = fractions.Fraction(30, 1)
+    video.bit_rate = bitrate
+    video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    packets = []
+    for index, frame in enumerate(pictures):
+        frame.pict_type = (
+            av.video.frame.PictureType.I
+            if index % keyframe_every == 0
+            else av.video.frame.PictureType.NONE
+        )
+        for packet in video.encode(frame):
+            packets.append((float(packet.pts) / VIDEO_RATE, bytes(packet), packet.is_keyframe))
+    return EncodedMedia("vp8", packets, VIDEO_RATE)
+
+
+def encode_dense_video(
+    seconds: float, bitrate: int, width: int = 960, height: int = 540, keyframe_every: int = 15
+) -> EncodedMedia:
+    """VP8 of random 4x4 blocks at about ``bitrate``: recordings that grow by megabytes a
+    second, encoded offline (such detail spends every bit the encoder is given, in frames
+    of even size)."""
+    rng = np.random.default_rng(7)
+
+    def pictures() -> Iterator[av.VideoFrame]:
+        for index in range(int(seconds * 30)):
+            cells = rng.integers(0, 256, (height // 4, width // 4), np.uint8)
+            luma = np.repeat(np.repeat(cells, 4, axis=0), 4, axis=1)
+            frame = av.VideoFrame.from_ndarray(np.stack([luma] * 3, axis=2), format="rgb24")
+            frame.pts = index * VIDEO_RATE // 30
+            yield frame
+
+    return _encode_vp8(pictures(), width, height, bitrate, keyframe_every)
 
 
 async def _frame_at(source: SyntheticVideo, index: int) -> av.VideoFrame:

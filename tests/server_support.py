@@ -86,10 +86,12 @@ async def publish(
     token: str | None = None,
     video: bool = True,
     audio: bool = True,
+    pc: RTCPeerConnection | None = None,
     **body: Any,
 ) -> Publisher:
-    """Publish via ``/offer`` (JSON) or ``/whip`` (SDP) and wait until connected."""
-    pc = publisher_pc(video, audio)
+    """Publish via ``/offer`` (JSON) or ``/whip`` (SDP) and wait until connected; ``pc``
+    brings tracks of its own instead of the synthetic camera and microphone."""
+    pc = pc or publisher_pc(video, audio)
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if whip:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rtc_recorder.server.lifecycle import DRAIN
+
 from .media import ffmpeg_errors, probe
 from .server_support import publish, publisher_pc, running_app
 
@@ -196,3 +198,25 @@ def test_load_limits_and_the_shutdown_bound_come_from_flags_and_environment() ->
     ):
         with pytest.raises(ValueError):
             parse(bad, {})
+
+
+async def test_the_drain_ends_what_follows_the_sessions_in_order_with_the_rest_of_its_bound(
+    tmp_path: Path,
+) -> None:
+    given: list[tuple[str, float]] = []
+
+    async def uploads(left: float) -> None:
+        given.append(("uploads", left))
+        await asyncio.sleep(left)  # takes every second it is given
+
+    async def webhooks(left: float) -> None:
+        given.append(("webhooks", left))
+
+    async with running_app(recordings=tmp_path, shutdown_timeout=0.5) as client:
+        drain = client.app[DRAIN]
+        drain.afterwards += [uploads, webhooks]
+        assert await drain.start() == []  # no recording left unfinished
+    # The application's shutdown found the drain done: it ran once.
+    assert [step for step, _ in given] == ["uploads", "webhooks"]
+    assert 0 < given[0][1] <= 0.5
+    assert given[1][1] == 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -42,7 +43,7 @@ def free_port() -> int:
 
 class Server:
     """``rtc-recorder serve --auto-record [EXTRA...]`` as a subprocess, through the loopback
-    wrapper.
+    wrapper, with ``env`` added to this process' environment.
 
     It runs in a session of its own (a Ctrl-C in the terminal does not reach it: this
     process sends the one SIGTERM that finalizes the recordings) and with its stdin a pipe
@@ -50,11 +51,17 @@ class Server:
     """
 
     def __init__(
-        self, port: int, recordings: Path, log_path: Path, extra: Sequence[str] = ()
+        self,
+        port: int,
+        recordings: Path,
+        log_path: Path,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         self.recordings = recordings
         self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
         self.command = [
             sys.executable,
             str(SERVER_WRAPPER),
@@ -88,6 +95,7 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=CHECKOUT,
+            env=self.env,
         )
 
     def check(self) -> None:

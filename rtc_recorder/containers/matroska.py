@@ -130,6 +130,17 @@ def void(size: int) -> bytes:
     return encode_id(VOID) + encode_size(size - 9, 8) + bytes(size - 9)
 
 
+def seek_head(seeks: Sequence[tuple[int, int]]) -> bytes:
+    """A SeekHead: where each ``(element ID, position in the Segment)`` is."""
+    return element(
+        SEEK_HEAD,
+        b"".join(
+            element(SEEK, element(SEEK_ID, encode_id(i)) + uint_element(SEEK_POSITION, p))
+            for i, p in seeks
+        ),
+    )
+
+
 @dataclass(slots=True)
 class _Cue:
     time: int
@@ -288,16 +299,10 @@ class MatroskaWriter(ContainerWriter):
         seeks = [(INFO, self._info_position), (TRACKS, self._tracks_position)]
         if self._cues:
             seeks.append((CUES, cues_position))
-        seek_head = element(
-            SEEK_HEAD,
-            b"".join(
-                element(SEEK, element(SEEK_ID, encode_id(i)) + uint_element(SEEK_POSITION, p))
-                for i, p in seeks
-            ),
-        )
+        index = seek_head(seeks)
         segment_size = self.position - self._segment_start
         return [
-            Patch(self._seek_head_offset, seek_head + void(SEEK_HEAD_SPACE - len(seek_head))),
+            Patch(self._seek_head_offset, index + void(SEEK_HEAD_SPACE - len(index))),
             Patch(self._duration_offset, float_element(DURATION, duration / TICK_US)),
             Patch(self._segment_size_offset, encode_size(segment_size, 8)),
         ]

@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,30 @@ from prometheus_client import CollectorRegistry
 from ..errors import InvalidStateError, NotSupportedError, RecorderError
 from ..mimetype import is_type_supported, supported_types
 from . import operations
+from .lifecycle import DRAIN
+from .notices import Notices
 from .operations import REGISTRY
-from .recordings import RecordingStore, UnknownRecording
+from .recordings import (
+    BucketRecordings,
+    RecordingBusy,
+    Recordings,
+    RecordingStore,
+    StoreUnavailable,
+    UnknownRecording,
+)
 from .sessions import BadOffer, Session, SessionManager, TooManySessions
 from .settings import Settings
+from .storage import BucketLocation, open_bucket
+from .uploader import Uploader
+from .webhooks import WebhookSender
 
 logger = logging.getLogger("rtc_recorder.server")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 SESSIONS: web.AppKey[SessionManager] = web.AppKey("sessions", SessionManager)
 STORE: web.AppKey[RecordingStore] = web.AppKey("store", RecordingStore)
+RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
+NOTICES: web.AppKey[Notices] = web.AppKey("notices", Notices)
 
 METHODS = ("start", "pause", "resume", "requestData", "stop")
 CORS_HEADERS = {
@@ -357,35 +371,35 @@ async def _reply(session: Session, text: str) -> dict[str, Any]:
 
 
 async def list_recordings(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    entries = await store.list(request.app[SESSIONS].live_durations())
+    try:
+        entries = await request.app[RECORDINGS].list(request.app[SESSIONS].live_durations())
+    except StoreUnavailable as exc:
+        raise ApiError(503, "NetworkError", str(exc)) from None
     return web.json_response([entry.to_json() for entry in entries])
 
 
-async def get_recording(request: web.Request) -> web.FileResponse:
-    """The file, with Range support (seeking in ``<video>``)."""
-    store = request.app[STORE]
-    name = request.match_info["name"]
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """The file, with Range support (seeking in ``<video>``), wherever it is kept."""
     try:
-        path = store.path(name)
+        return await request.app[RECORDINGS].respond(request, request.match_info["name"])
     except UnknownRecording:
         raise ApiError(404, "NotFoundError", "no such recording") from None
-    response = web.FileResponse(path, headers={"Cache-Control": "no-cache"})
-    response.content_type = store.content_type(name)
-    if "download" in request.query:
-        response.headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
-    return response
+    except StoreUnavailable as exc:
+        raise ApiError(503, "NetworkError", str(exc)) from None
 
 
 async def delete_recording(request: web.Request) -> web.Response:
-    store = request.app[STORE]
     name = request.match_info["name"]
     if name in request.app[SESSIONS].live_durations():
         raise ApiError(409, "InvalidStateError", "this recording is still being made")
     try:
-        store.delete(name)
+        await request.app[RECORDINGS].delete(name)
     except UnknownRecording:
         raise ApiError(404, "NotFoundError", "no such recording") from None
+    except RecordingBusy as exc:
+        raise ApiError(409, "InvalidStateError", str(exc)) from None
+    except StoreUnavailable as exc:
+        raise ApiError(503, "NetworkError", str(exc)) from None
     return web.json_response({"deleted": name})
 
 
@@ -417,17 +431,70 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(static_folder() / "index.html")
 
 
+def _object_storage(
+    settings: Settings, uploader: Uploader, recordings: BucketRecordings
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The uploader's thread and the bucket the routes read, for the application's life
+    (the drain on shutdown gives the uploads what is left of its time)."""
+    location = settings.location
+    assert isinstance(location, BucketLocation)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        uploader.start()
+        try:
+            async with open_bucket(location, settings.s3_endpoint) as bucket:
+                recordings.bucket = bucket
+                yield
+                recordings.bucket = None
+        finally:
+            await uploader.close(0)  # at once, if the drain has not closed it already
+
+    return context
+
+
+def _events_out(app: web.Application, settings: Settings, spool: RecordingStore) -> Recordings:
+    """Webhooks and object storage, fed by the server's notices, and closed by the drain
+    (uploads first: their ``recording.uploaded`` go out as webhooks); where recordings are
+    listed and served from."""
+    notices, registry, drain = app[NOTICES], app[REGISTRY], app[DRAIN]
+    recordings: Recordings = spool
+    location = settings.location
+    if isinstance(location, BucketLocation):
+        uploader = Uploader(
+            spool,
+            location,
+            settings.s3_endpoint,
+            settings.part_size,
+            settings.keep_local,
+            registry,
+            notices,
+        )
+        notices.subscribe(uploader.on_notice)
+        drain.afterwards.append(uploader.close)
+        recordings = BucketRecordings(spool, uploader.busy)
+        app.cleanup_ctx.append(_object_storage(settings, uploader, recordings))
+    if settings.webhook and settings.webhook_secret:
+        sender = WebhookSender(
+            settings.webhook, settings.webhook_secret, settings.webhook_retry_seconds, registry
+        )
+        notices.subscribe(sender.send)
+        drain.afterwards.append(sender.close)
+    return recordings
+
+
 def create_app(settings: Settings) -> web.Application:
     """The server's application."""
     app = web.Application(
         middlewares=[cors, auth(settings.token), errors], client_max_size=settings.max_body
     )
     app[REGISTRY] = CollectorRegistry()  # metrics of this application only
-    store = RecordingStore(settings.recordings)
+    store = RecordingStore(settings.spool_folder)
     app[SETTINGS] = settings
     app[STORE] = store
-    app[SESSIONS] = SessionManager(settings, store)
+    app[NOTICES] = Notices()
+    app[SESSIONS] = SessionManager(settings, store, app[NOTICES])
     operations.setup(app, settings, app[SESSIONS])
+    app[RECORDINGS] = _events_out(app, settings, store)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/offer", offer)

@@ -4,8 +4,10 @@
   ``--max-sessions``, or while its measured load says it is at capacity
   (:mod:`.admission`). ``/readyz``, ``/offer`` and ``/whip`` ask it.
 - :class:`Drain`: on SIGTERM, readiness turns off at once; then every session is closed
-  (its recording finalized) within ``--shutdown-timeout`` seconds. A recording that has
-  not finalized by then (its storage stopped answering, say) is logged and left behind.
+  (its recording finalized), then uploads and webhook deliveries are given the rest of
+  the time, all within ``--shutdown-timeout`` seconds. A recording that has not finalized
+  by then (its storage stopped answering, say) is logged and left behind; an upload not
+  confirmed by then is resumed at the next start.
 - :func:`serve`: the HTTP server until SIGINT/SIGTERM, then the drain, then the HTTP
   server closes (requests still in flight get :data:`HTTP_GRACE` seconds).
 """
@@ -17,6 +19,7 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +102,9 @@ class Drain:
         self.readiness = readiness
         self.sessions = sessions
         self.timeout = timeout
+        # What else ends once the sessions are closed, in this order; each is given the
+        # seconds left of the bound (none, if the sessions took them all).
+        self.afterwards: list[Callable[[float], Awaitable[None]]] = []
         self._task: asyncio.Task[list[Session]] | None = None
 
     def start(self) -> asyncio.Task[list[Session]]:
@@ -107,8 +113,15 @@ class Drain:
         if self._task is None:
             self.readiness.draining = True
             logger.info("draining", extra={"fields": {"timeout": self.timeout}})
-            self._task = asyncio.ensure_future(self.sessions.close_all(self.timeout))
+            self._task = asyncio.ensure_future(self._run())
         return self._task
+
+    async def _run(self) -> list[Session]:
+        deadline = time.monotonic() + self.timeout
+        unfinished = await self.sessions.close_all(self.timeout)
+        for step in self.afterwards:
+            await step(max(0.0, deadline - time.monotonic()))
+        return unfinished
 
 
 DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)

@@ -4,6 +4,9 @@ the only way from a name a client sends to a path on disk.
 A recording ``NAME.EXT`` has a sidecar ``NAME.EXT.json`` with its session, type, creation
 time, state and (once finished) duration. Files without a sidecar (copied in, or left by
 a crash before the server wrote one) are listed too, their duration read from the file.
+
+With object storage, :class:`BucketRecordings` lists and serves the bucket's recordings
+and, for the ones not uploaded yet, the spool's (a :class:`RecordingStore`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import av
+from aiohttp import web
 
 from ..mimetype import parse_type
+from .storage import Bucket, StoreError, is_missing
 
 logger = logging.getLogger("rtc_recorder.server")
 
@@ -44,6 +51,14 @@ class UnknownRecording(LookupError):
     """No recording by that name."""
 
 
+class RecordingBusy(RuntimeError):
+    """The recording is being recorded or uploaded."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The object store did not answer."""
+
+
 @dataclass
 class RecordingInfo:
     """What the listing says about one recording."""
@@ -57,10 +72,58 @@ class RecordingInfo:
     state: str  # "recording", "complete", "failed", or "unknown" (no sidecar)
 
     def to_json(self) -> dict[str, object]:
+        """The listing's entry."""
         return asdict(self)
+
+    @classmethod
+    def from_meta(
+        cls,
+        name: str,
+        size: int,
+        meta: Mapping[str, object],
+        created: str,
+        live: Mapping[str, float],
+    ) -> RecordingInfo:
+        """What a sidecar says of a recording of ``size`` bytes (``created`` when it does
+        not say)."""
+        duration = live.get(name, meta.get("duration"))
+        return cls(
+            name=name,
+            size=size,
+            duration=float(duration) if isinstance(duration, (int, float)) else None,
+            mimeType=str(meta.get("mimeType", CONTENT_TYPES[Path(name).suffix])),
+            created=str(meta.get("created", created)),
+            session=str(meta["session"]) if meta.get("session") else None,
+            state=str(meta.get("state", "unknown")),
+        )
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` can be a recording's (never a path, a sidecar or anything else)."""
+    return bool(_NAME.fullmatch(name)) and Path(name).suffix in CONTENT_TYPES
+
+
+def served_type(name: str, meta: Mapping[str, object] | None) -> str:
+    """The Content-Type to serve a recording with (audio types for audio-only ones)."""
+    mime = str(meta.get("mimeType", "")) if meta else ""
+    return mime.split(";")[0] if mime else CONTENT_TYPES[Path(name).suffix]
+
+
+class Recordings(Protocol):
+    """What the routes need of wherever recordings are kept."""
+
+    async def list(self, live: dict[str, float] | None = None) -> list[RecordingInfo]:
+        """Every recording, newest first."""
+
+    async def respond(self, request: web.Request, name: str) -> web.StreamResponse:
+        """The recording as a response, with Range support; :class:`UnknownRecording`."""
+
+    async def delete(self, name: str) -> None:
+        """Remove a recording; :class:`UnknownRecording`, :class:`RecordingBusy`."""
 
 
 def utc_now() -> datetime.datetime:
+    """Now, in UTC."""
     return datetime.datetime.now(datetime.UTC)
 
 
@@ -103,18 +166,25 @@ class RecordingStore:
     def path(self, name: str) -> Path:
         """The file of recording ``name``; :class:`UnknownRecording` for anything that is not
         a recording in this folder (other names, sidecars, anything outside)."""
-        if not _NAME.fullmatch(name) or Path(name).suffix not in CONTENT_TYPES:
+        if not valid_name(name):
             raise UnknownRecording(name)
         path = self.folder / name
         if path.parent != self.folder or not path.is_file():
             raise UnknownRecording(name)
         return path
 
-    def content_type(self, name: str) -> str:
-        """The Content-Type to serve the file with (audio types for audio-only recordings)."""
-        meta = self._read_meta(self.folder / name)
-        mime = str(meta.get("mimeType", "")) if meta else ""
-        return mime.split(";")[0] if mime else CONTENT_TYPES[Path(name).suffix]
+    async def respond(self, request: web.Request, name: str) -> web.StreamResponse:
+        """The file, with Range support (seeking in ``<video>``)."""
+        path = self.path(name)
+        response = web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        response.content_type = served_type(name, self.read_meta(name))
+        if "download" in request.query:
+            response.headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
+        return response
+
+    def read_meta(self, recording: str) -> dict[str, object] | None:
+        """The sidecar of ``recording``, if it has a readable one."""
+        return self._read_meta(self.folder / recording)
 
     def write_meta(self, recording: str, **fields: object) -> None:
         """Create or update the sidecar of ``recording`` (atomically)."""
@@ -139,7 +209,10 @@ class RecordingStore:
         for path in self.folder.iterdir():
             if path.suffix not in CONTENT_TYPES or not path.is_file() or path.name.startswith("."):
                 continue
-            entries.append(await self.info(path.name, live or {}))
+            try:
+                entries.append(await self.info(path.name, live or {}))
+            except (UnknownRecording, FileNotFoundError):
+                continue  # removed meanwhile (uploaded, deleted)
         entries.sort(key=lambda entry: entry.created, reverse=True)
         return entries
 
@@ -154,16 +227,7 @@ class RecordingStore:
             return RecordingInfo(
                 name, stat.st_size, duration, CONTENT_TYPES[path.suffix], created, None, "unknown"
             )
-        duration_value = live.get(name, meta.get("duration"))
-        return RecordingInfo(
-            name=name,
-            size=stat.st_size,
-            duration=float(duration_value) if isinstance(duration_value, (int, float)) else None,
-            mimeType=str(meta.get("mimeType", CONTENT_TYPES[path.suffix])),
-            created=str(meta.get("created", created)),
-            session=str(meta["session"]) if meta.get("session") else None,
-            state=str(meta.get("state", "unknown")),
-        )
+        return RecordingInfo.from_meta(name, stat.st_size, meta, created, live)
 
     async def _probe(self, path: Path, size: int, mtime: float) -> float | None:
         key = (path.name, size, mtime)
@@ -172,7 +236,7 @@ class RecordingStore:
             self._durations[key] = await loop.run_in_executor(None, probe_duration, path)
         return self._durations[key]
 
-    def delete(self, name: str) -> None:
+    async def delete(self, name: str) -> None:
         """Remove a recording and its sidecar."""
         path = self.path(name)
         path.unlink()
@@ -193,3 +257,129 @@ def probe_duration(path: Path) -> float | None:
     except (av.FFmpegError, OSError, ValueError):
         logger.info("cannot read the duration of %s", path.name)
         return None
+
+
+class BucketRecordings:
+    """Recordings in a bucket, plus the spool's that are not there yet (being recorded,
+    or waiting for their upload to complete). A recording in both is served from the
+    bucket. Sidecars are read from the bucket once and kept (an uploaded one never
+    changes)."""
+
+    def __init__(self, spool: RecordingStore, busy: Callable[[str], bool]) -> None:
+        self.spool = spool
+        self.bucket: Bucket | None = None  # opened with the application
+        self._busy = busy
+        self._sidecars: dict[str, dict[str, object]] = {}
+
+    def _open_bucket(self) -> Bucket:
+        if self.bucket is None:
+            raise StoreUnavailable("the object store is not open")
+        return self.bucket
+
+    async def list(self, live: dict[str, float] | None = None) -> list[RecordingInfo]:
+        bucket = self._open_bucket()
+        try:
+            objects = {item.key: item for item in await bucket.list()}
+            entries = [
+                RecordingInfo.from_meta(
+                    key,
+                    item.size,
+                    await self._sidecar(bucket, key) if f"{key}.json" in objects else {},
+                    item.modified,
+                    live or {},
+                )
+                for key, item in objects.items()
+                if valid_name(key)
+            ]
+        except StoreError as exc:
+            raise StoreUnavailable(f"the object store did not answer: {exc}") from None
+        stored = {entry.name for entry in entries}
+        entries += [entry for entry in await self.spool.list(live) if entry.name not in stored]
+        entries.sort(key=lambda entry: entry.created, reverse=True)
+        return entries
+
+    async def _sidecar(self, bucket: Bucket, name: str) -> dict[str, object]:
+        """The sidecar of an uploaded recording (uploaded before the recording, so one
+        that is missing then never comes)."""
+        if name not in self._sidecars:
+            try:
+                loaded = json.loads(await bucket.read(f"{name}.json"))
+            except ValueError:
+                loaded = {}
+            except StoreError as exc:
+                if not is_missing(exc):
+                    raise
+                loaded = {}
+            self._sidecars[name] = loaded if isinstance(loaded, dict) else {}
+        return self._sidecars[name]
+
+    async def respond(self, request: web.Request, name: str) -> web.StreamResponse:
+        if not valid_name(name):
+            raise UnknownRecording(name)
+        bucket = self._open_bucket()
+        try:
+            size = await bucket.size(name)
+            if size is None:
+                return await self.spool.respond(request, name)
+            meta = await self._sidecar(bucket, name)
+        except StoreError as exc:
+            raise StoreUnavailable(f"the object store did not answer: {exc}") from None
+        return await serve_range(request, bucket, name, size, served_type(name, meta))
+
+    async def delete(self, name: str) -> None:
+        if not valid_name(name):
+            raise UnknownRecording(name)
+        if self._busy(name):
+            raise RecordingBusy(f"{name} is being uploaded")
+        bucket = self._open_bucket()
+        try:
+            found = await bucket.size(name) is not None
+            if found:
+                await bucket.delete(name)
+                await bucket.delete(f"{name}.json")
+                self._sidecars.pop(name, None)
+        except StoreError as exc:
+            raise StoreUnavailable(f"the object store did not answer: {exc}") from None
+        try:
+            await self.spool.delete(name)
+        except UnknownRecording:
+            if not found:
+                raise
+        (self.spool.folder / ".uploads" / f"{name}.json").unlink(missing_ok=True)
+
+
+async def serve_range(
+    request: web.Request, bucket: Bucket, name: str, size: int, content_type: str
+) -> web.StreamResponse:
+    """An object as a response: whole, or the one byte range the request asks for."""
+    try:
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(size, size)  # malformed: unsatisfiable
+    start, stop = wanted.start, wanted.stop
+    ranged = start is not None or stop is not None
+    if start is not None and start < 0:
+        start, stop = max(0, size + start), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if ranged and start >= stop:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    response = web.StreamResponse(
+        status=206 if ranged else 200,
+        headers={
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "no-cache",
+            "Content-Type": content_type,
+            "Content-Length": str(stop - start),
+        },
+    )
+    if ranged:
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    if "download" in request.query:
+        response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    await response.prepare(request)
+    if request.method != "HEAD" and stop > start:
+        async for chunk in bucket.stream(name, start, stop):
+            await response.write(chunk)
+    await response.write_eof()
+    return response

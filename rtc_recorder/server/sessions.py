@@ -3,7 +3,7 @@
 The server drives each session's recording through :class:`rtc_recorder.MediaRecorder`'s
 public API only (a new recorder per recording, as a page would make one per recording).
 Every recorder event and connection-state change goes to the session's subscribers (the
-events WebSocket) and to the log.
+events WebSocket), to the log, and to :class:`Notices` (webhooks, the uploader).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ..mediastream import MediaStream
 from ..mimetype import parse_type
 from ..receive.negotiation import prefer_codec
 from ..receive.transport import PortsExhausted, apply_ice_policy
+from .notices import Notices
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
 
@@ -66,6 +67,7 @@ class Session:
         timeslice: int,
         on_closed: Callable[[Session], None],
         on_recording: Callable[[MediaRecorder], None],
+        notices: Notices,
     ) -> None:
         self.id = session_id
         self.pc = pc
@@ -81,6 +83,7 @@ class Session:
         self._store = store
         self._on_closed = on_closed
         self._on_recording = on_recording
+        self._notices = notices
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._sequence = 0  # numbers every message, so clients can order events and answers
         self._created_at = time.monotonic()
@@ -124,6 +127,7 @@ class Session:
         if message is not None:
             self._sequence += 1
             message["seq"] = self._sequence
+            self._notices.from_session(self.id, message)
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(message)
@@ -293,9 +297,12 @@ class Session:
 class SessionManager:
     """The sessions of one server."""
 
-    def __init__(self, settings: Settings, store: RecordingStore) -> None:
+    def __init__(
+        self, settings: Settings, store: RecordingStore, notices: Notices | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.notices = notices or Notices()
         self.sessions: dict[str, Session] = {}
         # Called with every recorder once its recording started (metrics count it).
         self.on_recording: list[Callable[[MediaRecorder], None]] = []
@@ -325,6 +332,7 @@ class SessionManager:
             timeslice or self.settings.timeslice,
             self._closed,
             self._recording_started,
+            self.notices,
         )
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -348,6 +356,7 @@ class SessionManager:
         self.sessions[session_id] = session
         session.start_watchdog()
         log("session", session=session_id, mimeType=mime)
+        self.notices.from_session(session_id, {"type": "session", "mimeType": mime})
         return session, pc.localDescription.sdp
 
     def _closed(self, session: Session) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -13,6 +14,13 @@ from pathlib import Path
 
 from ..mimetype import is_type_supported
 from ..receive.transport import IcePolicy
+from .storage import MIB, MIN_PART_SIZE, FolderLocation, Location, parse_storage
+from .webhooks import check_secret
+
+# A setting given any number of times: its flag once per value, or its variable holding
+# the values separated by commas or whitespace (a URL with a comma goes in a flag).
+REPEATABLE = "tuple[str, ...]"
+_LIST_SEPARATORS = re.compile(r"[,\s]+")
 
 ADMISSION_LIMITS = (
     "admission_loop_lag",
@@ -53,6 +61,14 @@ class Settings:
     admission_resume: float = 0.8
     admission_calm: float = 10.0
     shutdown_timeout: float = 20.0
+    storage: str = ""
+    s3_endpoint: str | None = None
+    spool: Path | None = None
+    part_size: int = 8 * MIB
+    keep_local: bool = False
+    webhook: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_retry_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         if not is_type_supported(self.mime_type):
@@ -75,6 +91,47 @@ class Settings:
             _check_announce_address(self.announce_address)
         if self.udp_ports is not None:
             _check_port_range(self.udp_ports, self.ice_servers)
+        self._check_storage()
+        self._check_webhooks()
+
+    def _check_storage(self) -> None:
+        location = self.location
+        recordings_given = self.recordings != Path("recordings")
+        if (
+            isinstance(location, FolderLocation)
+            and recordings_given
+            and location.folder.resolve() != self.recordings.resolve()
+        ):
+            raise ValueError("--storage file:DIR and --recordings name different folders")
+        if self.part_size < MIN_PART_SIZE:
+            raise ValueError(
+                f"--part-size must be at least {MIN_PART_SIZE} bytes (5 MiB, S3's smallest part)"
+            )
+
+    def _check_webhooks(self) -> None:
+        for url in self.webhook:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--webhook: {url!r} is not an http(s) URL")
+        if self.webhook and not self.webhook_secret:
+            raise ValueError("--webhook needs --webhook-secret (events are always signed)")
+        if self.webhook_secret is not None:
+            check_secret(self.webhook_secret)
+        if self.webhook_retry_seconds < 0:
+            raise ValueError("--webhook-retry-seconds cannot be negative")
+
+    @property
+    def location(self) -> Location:
+        """Where finished recordings are kept (``--storage``)."""
+        return parse_storage(self.storage or f"file:{self.recordings}")
+
+    @property
+    def spool_folder(self) -> Path:
+        """The folder recordings are written to while they are made: the recordings folder
+        itself with ``file:`` storage, else ``--spool`` (by default ``--recordings``)."""
+        location = self.location
+        if isinstance(location, FolderLocation):
+            return location.folder
+        return self.spool if self.spool is not None else self.recordings
 
     @property
     def ice_policy(self) -> IcePolicy:
@@ -135,8 +192,7 @@ _HELP = {
     "max_recording_bytes": "stop a recording once its file reaches this many bytes",
     "idle_timeout": "close a session that has not connected, or has sent no media, for this long",
     "ice_servers": "comma-separated STUN/TURN URLs for ICE (none by default: host candidates)",
-    "ice_address": "a local address ICE gathers candidates on (repeat it for several; "
-    "comma-separated in the variable); default: every interface",
+    "ice_address": "a local address ICE gathers candidates on (default: every interface)",
     "announce_address": "the public address host candidates carry (a server behind 1:1 NAT)",
     "udp_ports": "MIN-MAX: the UDP port range every ICE socket is bound in",
     "log_format": "'text' (key=value) or 'json' (one object per line)",
@@ -150,8 +206,18 @@ _HELP = {
     "admission_resume": "admit again once every signal stayed below this share of its limit... "
     "(above it, new sessions are taken one at a time)",
     "admission_calm": "... for this many seconds",
-    "shutdown_timeout": "seconds recordings get to finalize after SIGTERM; one that has not by "
-    "then is logged and left, and the process exits anyway (status 1)",
+    "shutdown_timeout": "seconds SIGTERM's drain takes at most: recordings finalize, then uploads "
+    "and webhooks get the rest; a recording not finalized by then is logged and left, and the "
+    "process exits anyway (status 1); an upload not confirmed is resumed at the next start",
+    "storage": "where recordings are kept: file:DIR (the default, --recordings) or "
+    "s3://BUCKET[/PREFIX]",
+    "s3_endpoint": "URL of an S3-compatible store (default: AWS)",
+    "spool": "folder recordings are written to before upload (default: --recordings)",
+    "part_size": "bytes per multipart upload part (at least 5 MiB)",
+    "keep_local": "keep a spooled recording once its upload is confirmed",
+    "webhook": "POST every session and recording event to this URL",
+    "webhook_secret": "Standard Webhooks signing secret (whsec_BASE64)",
+    "webhook_retry_seconds": "how long a webhook delivery is retried",
 }
 
 
@@ -190,13 +256,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 _flag(field.name), action="store_true", default=None, help=help_text
             )
-        elif field.type == "tuple[str, ...]":
+        elif field.type == REPEATABLE:
             parser.add_argument(
                 _flag(field.name),
                 action="append",
                 default=None,
                 metavar=field.name.upper(),
-                help=help_text,
+                help=f"{_HELP[field.name]}; repeatable (env {_env(field.name)}: the values "
+                "separated by commas or spaces)",
             )
         else:
             parser.add_argument(
@@ -222,8 +289,8 @@ def from_arguments(
 def _convert(name: str, kind: str, raw: object) -> object:
     if isinstance(raw, bool):
         return raw
-    if kind == "tuple[str, ...]":
-        items = raw if isinstance(raw, list) else str(raw).split(",")
+    if kind == REPEATABLE:
+        items = raw if isinstance(raw, list) else _LIST_SEPARATORS.split(str(raw))
         return tuple(item.strip() for item in items if item.strip())
     text = str(raw)
     try:
