@@ -250,7 +250,10 @@ class FrameAssembler:
             abandoned = first.timestamp
             taken = {s for s, p in stream.held.items() if p.timestamp == abandoned and p.data}
             packets = [stream.held.pop(s) for s in sorted(taken)]
-            partial = self._frame(stream, packets, complete=False)
+            if stream.emitted or first.starts_frame:
+                partial = self._frame(stream, packets, complete=False)
+            else:  # what came of a frame begun before the stream was joined
+                self.counters.discarded += len(packets)
         resume = next(
             (
                 s
