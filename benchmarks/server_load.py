@@ -25,223 +25,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
-import datetime
-import json
-import math
-import os
 import shlex
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import av
 import psutil
-from loadbench import files, media, sender
-from loadbench.common import LOOPBACK
-from loadbench.media import AUDIO_PACKET_SAMPLES, AUDIO_RATE, EncodedLoop
-from loadbench.report import MB, percentile, slope
-from recording_load import ChildError, Children, _environment
+from loadbench import media, sender
+from loadbench.accounting import RECORDED_TARGET_PCT, verify
+from loadbench.children import ChildError, Children, cpu_seconds
+from loadbench.machine import SATURATED, busy_seconds, cpu_pressure_seconds
+from loadbench.report import MB, percentile, slope, table
+from loadbench.results import Results, add_output_options, exit_with
+from loadbench.server import BenchmarkError, ServerProcess, log_summary, wait_complete
 
 HERE = Path(__file__).resolve().parent
-CHECKOUT = HERE.parent
-DEFAULT_OUT = HERE / "results"
-SERVER_WRAPPER = HERE / "loopback_server.py"
-FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 
 PROBE_INTERVAL = 0.1  # seconds between /healthz requests
 PROBE_TIMEOUT = 2.0  # a request slower than this is a failure
 SAMPLE_INTERVAL = 1.0  # seconds between CPU / RSS samples of the server
 IDLE_SECONDS = 2.0  # probing before the first offer: the unloaded baseline
 HEALTHZ_P99_TARGET_MS = 100.0
-RECORDED_TARGET_PCT = 99.0
-SERVER_READY_TIMEOUT = 30.0
-SERVER_STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server's own shutdown timeout is 30 s)
 RECORDING_START_TIMEOUT = 30.0  # from every sender connected to every session recording
 HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
 PHASES = ("idle", "connecting", "recording", "hangup")
-SATURATED = 0.9  # a sample second with the machine at least this busy (share of its cores)
-
-
-class BenchmarkError(RuntimeError):
-    """The run could not be completed (the server or a sender failed, or timed out)."""
 
 
 def _log(text: str) -> None:
     print(f"[server_load] {text}", file=sys.stderr, flush=True)
-
-
-# -- the server ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """``rtc-recorder serve --auto-record`` as a subprocess, through the loopback wrapper.
-
-    It runs in a session of its own (a Ctrl-C in the terminal does not reach it: this
-    process sends the one SIGTERM that finalizes the recordings) and with its stdin a pipe
-    from this process: if this process dies, the pipe closes and the server stops itself.
-    """
-
-    def __init__(self, port: int, recordings: Path, log_path: Path) -> None:
-        self.port = port
-        self.recordings = recordings
-        self.log_path = log_path
-        self.command = [
-            sys.executable,
-            str(SERVER_WRAPPER),
-            "--stop-on-stdin-eof",
-            "--port",
-            str(port),
-            "--recordings",
-            str(recordings),
-            "--auto-record",
-            "--log-format",
-            "json",
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def url(self, path: str) -> str:
-        return f"http://{LOOPBACK}:{self.port}{path}"
-
-    def start(self) -> None:
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
-        self.process = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=CHECKOUT,
-        )
-
-    def check(self) -> None:
-        """Raise if the server has exited."""
-        assert self.process is not None
-        code = self.process.poll()
-        if code is not None:
-            raise BenchmarkError(f"the server exited (status {code}); see {self.log_path}")
-
-    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-        """One HTTP request to the server: its status and JSON body."""
-        request = urllib.request.Request(self.url(path), method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            body = error.read()
-            with contextlib.suppress(ValueError):
-                return error.code, json.loads(body or b"null")
-            return error.code, body.decode(errors="replace")
-
-    def wait_ready(self, timeout: float) -> float:
-        """Seconds until ``/healthz`` answers."""
-        started = time.monotonic()
-        while True:
-            self.check()
-            with contextlib.suppress(OSError):
-                status, _ = self.request("GET", "/healthz", timeout=1.0)
-                if status == 200:
-                    return time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                raise BenchmarkError(f"the server did not answer /healthz within {timeout:g} s")
-            time.sleep(0.1)
-
-    def sessions(self) -> list[dict[str, Any]]:
-        """``GET /api/sessions``."""
-        status, body = self.request("GET", "/api/sessions")
-        if status != 200 or not isinstance(body, list):
-            raise BenchmarkError(f"/api/sessions answered {status}: {body}")
-        return body
-
-    def stop(self, timeout: float) -> dict[str, Any]:
-        """SIGTERM, then wait for the exit: its status and how long it took."""
-        assert self.process is not None
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        killed = False
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(10)
-            killed = True
-        return {"exitCode": code, "seconds": time.monotonic() - started, "killed": killed}
-
-    def close(self) -> None:
-        """Leave no server running (SIGTERM, then SIGKILL after :data:`SERVER_STOP_TIMEOUT`)."""
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(SERVER_STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-
-# -- the senders -----------------------------------------------------------------------------
-
-
-class Senders(Children):
-    """The sender processes (see :class:`recording_load.Children`), with a liveness check."""
-
-    def check(self) -> None:
-        """Raise :class:`ChildError` if a sender reported an error or has exited."""
-        self._collect()
-        for name, process in self._processes.items():
-            if not process.is_alive():
-                raise ChildError(f"{name} exited (status {process.exitcode})")
-
-
-def _groups(sessions: int, per_sender: int) -> Iterator[tuple[int, ...]]:
-    for first in range(0, sessions, per_sender):
-        yield tuple(range(first, min(first + per_sender, sessions)))
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def _machine_busy(times: Any) -> float:
-    """Non-idle CPU seconds in a ``psutil.cpu_times()`` (guest time is counted in user)."""
-    skip = ("idle", "iowait", "guest", "guest_nice")
-    return float(sum(getattr(times, name) for name in times._fields if name not in skip))
 
 
 # -- the monitor: /healthz probes, CPU and RSS samples ---------------------------------------
@@ -281,16 +97,6 @@ class Sample:
     steal_cpu_cores: float
     machine_busy_cores: float
     cpu_pressure: float | None
-
-
-def _cpu_pressure_seconds() -> float | None:
-    """Total seconds some task waited for a CPU since boot (PSI), None without PSI."""
-    try:
-        with open("/proc/pressure/cpu") as pressure:
-            some = pressure.readline().split()
-        return int(some[-1].split("=")[1]) / 1e6
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @dataclass
@@ -427,12 +233,12 @@ class Monitor:
             at=time.monotonic(),
             server=times.user + times.system,
             preemptions=server.num_ctx_switches().involuntary,
-            senders=_cpu_seconds(list(self.sender_pids)),
+            senders=cpu_seconds(list(self.sender_pids)),
             own=own.user + own.system,
-            machine=_machine_busy(machine),
+            machine=busy_seconds(machine),
             interrupts=getattr(machine, "irq", 0.0) + getattr(machine, "softirq", 0.0),
             steal=getattr(machine, "steal", 0.0),
-            pressure=_cpu_pressure_seconds(),
+            pressure=cpu_pressure_seconds(),
         )
 
     async def _sample_loop(self) -> None:
@@ -474,84 +280,18 @@ class Monitor:
 # -- one run ----------------------------------------------------------------------------------
 
 
-def _wait_recording(server: Server, count: int, timeout: float) -> list[dict[str, Any]]:
-    """``/api/sessions`` once ``count`` sessions are connected and recording."""
-    started = time.monotonic()
-    while True:
-        server.check()
-        listed = server.sessions()
-        recording = [
-            s
-            for s in listed
-            if s["connectionState"] == "connected" and s["recorderState"] == "recording"
-        ]
-        if len(recording) >= count:
-            return listed
-        if time.monotonic() - started > timeout:
-            states = [(s["id"], s["connectionState"], s["recorderState"]) for s in listed]
-            raise BenchmarkError(
-                f"{len(recording)} of {count} sessions recording after {timeout:g} s: {states}"
-            )
-        time.sleep(0.1)
-
-
-def _hang_up(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """``DELETE /api/sessions/{id}`` for every session at once (each answers once its
-    recording is finalized): status and seconds per session."""
-
-    def delete(session_id: str) -> dict[str, Any]:
-        started = time.monotonic()
-        try:
-            status, body = server.request(
-                "DELETE", f"/api/sessions/{session_id}", timeout=HANGUP_TIMEOUT
-            )
-        except OSError as error:
-            status, body = None, repr(error)
-        return {"status": status, "body": body, "seconds": time.monotonic() - started}
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        return dict(zip(ids, pool.map(delete, ids), strict=True))
-
-
-def _sidecars(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every recording's sidecar in ``folder``, by its file name."""
-    found = {}
-    for sidecar in sorted(folder.glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads(sidecar.read_text())
-            if isinstance(meta, dict):
-                found[sidecar.name.removesuffix(".json")] = meta
-    return found
-
-
-def _wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
-    """Seconds until the sidecar of every session's recording says "complete" (or
-    "failed"); the timeout leaves the states as they are for the verification."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        final = {
-            meta.get("session")
-            for meta in _sidecars(folder).values()
-            if meta.get("state") in ("complete", "failed")
-        }
-        if sessions <= final:
-            break
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
 def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
     """Start the server and the senders, load it for ``--seconds``, hang up, stop it; the
     raw measurements (the files are verified afterwards)."""
     recordings = workdir / "recordings"
-    server = Server(_free_port(), recordings, workdir / "server.log")
-    senders = Senders()
+    server = ServerProcess(recordings, workdir / "server.log", ["--auto-record"])
+    senders = Children()
     monitor: Monitor | None = None
     connect_timeout = args.connect_timeout or 20.0 + 2.0 * args.sessions
     raw: dict[str, Any] = {"serverCommand": shlex.join(server.command)}
     try:
         server.start()
-        raw["serverReadySeconds"] = server.wait_ready(SERVER_READY_TIMEOUT)
+        raw["serverReadySeconds"] = server.wait_ready()
         raw["serverPid"] = server.pid
         _log(f"server pid {server.pid} on port {server.port}, recording to {recordings}")
         monitor = Monitor(server.url("/healthz"), server.pid)
@@ -560,26 +300,28 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
 
         monitor.phase = "connecting"
         connecting = time.monotonic()
-        offer_url = server.url("/offer")
-        for index, numbers in enumerate(_groups(args.sessions, args.sessions_per_sender)):
-            senders.start(
-                f"sender-{index}",
-                sender.run,
-                sender.SenderConfig(index, offer_url, numbers, str(media_path), connect_timeout),
-            )
-        names = senders.names("sender-")
+        names = sender.start_senders(
+            senders,
+            server.url("/offer"),
+            args.sessions,
+            args.sessions_per_sender,
+            media_path,
+            connect_timeout,
+        )
         monitor.sender_pids = [senders.pid(name) for name in names]
         _log(f"{len(names)} sender process(es) connecting {args.sessions} sessions")
         for name in names:
             senders.expect(name, "connected", timeout=connect_timeout + 10)
         raw["sendersConnectedSeconds"] = time.monotonic() - connecting
-        raw["sessionsAtStart"] = _wait_recording(server, args.sessions, RECORDING_START_TIMEOUT)
+        raw["sessionsAtStart"] = server.wait_sessions(
+            args.sessions, "recording", RECORDING_START_TIMEOUT
+        )
         raw["allRecordingSeconds"] = time.monotonic() - connecting
         _log(f"all {args.sessions} recording after {raw['allRecordingSeconds']:.1f} s")
 
         monitor.phase = "recording"
         sender_pids = [senders.pid(name) for name in names]
-        sender_cpu, machine = _cpu_seconds(sender_pids), psutil.cpu_times()
+        sender_cpu, machine = cpu_seconds(sender_pids), psutil.cpu_times()
         started = time.monotonic()
         _log(f"loading for {args.seconds:g} s")
         while (remaining := args.seconds - (time.monotonic() - started)) > 0:
@@ -589,9 +331,8 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         window = time.monotonic() - started
         raw["window"] = {
             "seconds": window,
-            "senderCpuCores": (_cpu_seconds(sender_pids) - sender_cpu) / window,
-            "machineBusyCores": (_machine_busy(psutil.cpu_times()) - _machine_busy(machine))
-            / window,
+            "senderCpuCores": (cpu_seconds(sender_pids) - sender_cpu) / window,
+            "machineBusyCores": (busy_seconds(psutil.cpu_times()) - busy_seconds(machine)) / window,
             "machineCores": psutil.cpu_count(),
             "senderProcesses": len(names),
         }
@@ -607,16 +348,18 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         time.sleep(args.drain)  # what was sent reaches the recorders
         ids = [s["id"] for s in raw["sessionsAtEnd"]]
         hangup = time.monotonic()
-        raw["hangups"] = _hang_up(server, ids)
+        raw["hangups"] = server.request_all(
+            "DELETE", [f"/api/sessions/{i}" for i in ids], HANGUP_TIMEOUT
+        )
         raw["hangupSeconds"] = time.monotonic() - hangup
-        raw["sidecarWaitSeconds"] = _wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
+        raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         _log(f"hung up {len(ids)} sessions in {raw['hangupSeconds']:.2f} s")
         raw["sessionsAfterHangup"] = server.sessions()
         for name in names:
             senders.send(name, {"type": "close"})
         senders.join(timeout=30)
         monitor.stop()
-        raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
+        raw["serverStop"] = server.stop()
         _log(f"server exited with status {raw['serverStop']['exitCode']}")
     finally:
         if monitor is not None:
@@ -631,226 +374,6 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
 
 
 # -- verification -----------------------------------------------------------------------------
-
-
-def _ffmpeg_errors(path: Path) -> str:
-    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
-    result = subprocess.run(
-        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode and not output:
-        output = f"ffmpeg exited with status {result.returncode}"
-    return output
-
-
-class LoopIndex:
-    """Finds which packet of the sent loop a recorded packet is, by its bytes: pass-through
-    recording keeps them exactly as they were sent (every packet of the loop differs)."""
-
-    def __init__(self, packets: list[bytes]) -> None:
-        self.length = len(packets)
-        self._where = {data: index for index, data in enumerate(packets)}
-
-    def position(self, data: bytes) -> int | None:
-        """The packet's index in the loop, None if it is not one of the loop's."""
-        return self._where.get(data)
-
-    def locate(self, position: int, near: float, sent: int) -> int:
-        """The absolute index (0 = the session's first packet) of the sent packet at loop
-        ``position`` nearest to index ``near`` (the loop lasts 10 s; the hint is far better
-        than that)."""
-        turn = round((near - position) / self.length)
-        candidates = [position + (turn + step) * self.length for step in (-1, 0, 1)]
-        valid = [c for c in candidates if 0 <= c < sent] or candidates
-        return min(valid, key=lambda candidate: abs(candidate - near))
-
-
-@dataclass
-class Positions:
-    """The loop position of every packet of a recording, per kind, in file order (None for
-    a packet that is not one the senders send: transcoded, or damaged)."""
-
-    index: dict[str, LoopIndex]
-    found: dict[str, list[int | None]] = field(default_factory=dict)
-
-    def see(self, kind: str, packet: av.Packet[Any]) -> None:
-        self.found.setdefault(kind, []).append(self.index[kind].position(bytes(packet)))
-
-
-def _walk(positions: list[int | None], first: int, length: int) -> dict[str, Any]:
-    """Follow the recorded packets through the sent ones from absolute index ``first``:
-    the gaps (``[index, packets missing]``), repeats, packets out of order, packets not
-    identified, and the absolute index of the last one."""
-    current, gaps, repeated, disordered, unknown = first, [], 0, 0, 0
-    for position in positions[1:]:
-        if position is None:
-            unknown += 1
-            continue
-        step = (position - current) % length
-        if step == 0:
-            repeated += 1
-        elif step > length // 2:  # behind the previous packet
-            disordered += 1
-        else:
-            if step > 1:
-                gaps.append([current + 1, step - 1])
-            current += step
-    return {
-        "last": current,
-        "gaps": gaps,
-        "repeated": repeated,
-        "outOfOrder": disordered,
-        "unidentified": unknown,
-    }
-
-
-def _account(
-    sent: int,
-    interval: float,
-    offset: float,
-    positions: list[int | None],
-    index: LoopIndex,
-    keyframes: list[bool] | None,
-) -> dict[str, Any]:
-    """What one track sent while recording, against what its file holds (``positions``).
-
-    ``offset`` is the recording's start in seconds from the session's first packet (packet
-    ``i`` was due at ``i * interval``). Counted as sent while recording: from the first
-    packet due at or after the start (for video, the first keyframe from there on;
-    ``keyframes`` are the loop's flags) to the last packet sent, or from the first
-    recorded packet if that one was sent earlier."""
-    first_due = max(0, math.ceil(offset / interval - 1e-9))
-    start = first_due
-    if keyframes is not None:
-        while start < sent and not keyframes[start % len(keyframes)]:
-            start += 1
-    first = None
-    if positions and positions[0] is not None:
-        first = index.locate(positions[0], offset / interval, sent)
-    counted_from = start if first is None else min(start, first)
-    expected = max(0, sent - counted_from)
-    recorded = len(positions)
-    result: dict[str, Any] = {
-        "sent": sent,
-        "sentWhileRecording": expected,
-        "recorded": recorded,
-        "recordedPct": 100.0 * recorded / expected if expected else None,
-        "countedFrom": counted_from,
-        "firstDueAfterStart": first_due,
-        "firstRecorded": first,
-    }
-    if keyframes is not None:
-        result["firstKeyframeAfterStart"] = start
-        result["notCountedBeforeKeyframe"] = max(0, counted_from - first_due)
-    if first is not None:
-        walk = _walk(positions, first, index.length)
-        result.update(
-            {
-                "startToFirstRecordedSeconds": first * interval - offset,
-                "lastRecorded": walk["last"],
-                "missingAtStart": first - counted_from,
-                "missingInside": sum(count for _, count in walk["gaps"]),
-                "missingAtEnd": sent - 1 - walk["last"],
-                "gaps": [[round(i * interval, 3), count] for i, count in walk["gaps"][:50]],
-                **{k: walk[k] for k in ("repeated", "outOfOrder", "unidentified")},
-            }
-        )
-    return result
-
-
-def verify_session(
-    number: str,
-    sent: dict[str, Any],
-    sidecars: dict[str, dict[str, Any]],
-    folder: Path,
-    loop: EncodedLoop,
-    indexes: dict[str, LoopIndex],
-    decode: bool,
-    ffmpeg_output: dict[Path, str],
-) -> dict[str, Any]:
-    """Everything about one session's recording: the sidecar, ffmpeg's verdict, the
-    packets PyAV reads, and the counts against what its sender sent."""
-    session_id = sent.get("serverSession")
-    named = [(name, meta) for name, meta in sidecars.items() if meta.get("session") == session_id]
-    result: dict[str, Any] = {"session": int(number), "serverSession": session_id}
-    if len(named) != 1:
-        result["error"] = f"{len(named)} recordings for server session {session_id}"
-        result["complete"] = False
-        return result
-    name, meta = named[0]
-    path = folder / name
-    positions = Positions(indexes)
-    inspected = files.inspect(path, decode=decode, on_packet=positions.see)
-    started = datetime.datetime.fromisoformat(str(meta["created"])).timestamp()
-    offset = started - float(sent["firstPacketWallclock"])
-    video = _account(
-        sent["video"],
-        1 / loop.spec.fps,
-        offset,
-        positions.found.get("video", []),
-        indexes["video"],
-        loop.video_keyframes,
-    )
-    audio = _account(
-        sent["audio"],
-        AUDIO_PACKET_SAMPLES / AUDIO_RATE,
-        offset,
-        positions.found.get("audio", []),
-        indexes["audio"],
-        None,
-    )
-    errors = ffmpeg_output.get(path, "not checked")
-    clean = not errors and inspected["error"] is None and not inspected["decodeErrors"]
-    connected = sent.get("connectedWallclock")
-    result.update(
-        {
-            "file": name,
-            "bytes": inspected["bytes"],
-            "sidecarState": meta.get("state"),
-            "sidecarDuration": meta.get("duration"),
-            "fileSeconds": {k: inspected[k]["seconds"] for k in ("video", "audio")},
-            "sentWhileRecordingSeconds": video["sentWhileRecording"] / loop.spec.fps,
-            "recordingStartAfterFirstPacket": offset,
-            "recordingStartAfterConnected": None if connected is None else started - connected,
-            "ffmpeg": errors,
-            "pyav": {k: inspected[k] for k in ("error", "decodeErrors")},
-            "decoded": {k: inspected[k]["decoded"] for k in ("video", "audio")},
-            "codecs": {k: inspected[k]["codec"] for k in ("video", "audio")},
-            "clean": clean,
-            "video": video,
-            "audio": audio,
-        }
-    )
-    result["complete"] = bool(
-        clean
-        and meta.get("state") == "complete"
-        and all(
-            track["recordedPct"] is not None and track["recordedPct"] >= RECORDED_TARGET_PCT
-            for track in (video, audio)
-        )
-    )
-    return result
-
-
-def verify(
-    raw: dict[str, Any], folder: Path, media_path: Path, decode: bool
-) -> list[dict[str, Any]]:
-    """Check every session's recording (ffmpeg on all cores, then PyAV one by one)."""
-    loop = media.load(media_path)
-    indexes = {"video": LoopIndex(loop.video), "audio": LoopIndex(loop.audio)}
-    sidecars = _sidecars(folder)
-    paths = [folder / name for name in sidecars if (folder / name).exists()]
-    _log(f"checking {len(paths)} recordings with ffmpeg and PyAV …")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        ffmpeg_output = dict(zip(paths, pool.map(_ffmpeg_errors, paths), strict=True))
-    return [
-        verify_session(number, sent, sidecars, folder, loop, indexes, decode, ffmpeg_output)
-        for number, sent in sorted(raw.get("sent", {}).items(), key=lambda item: int(item[0]))
-    ]
 
 
 # -- summary and table -------------------------------------------------------------------------
@@ -876,32 +399,6 @@ def latency(probes: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _server_log(path: Path) -> dict[str, Any]:
-    """Warnings and errors in the server's log (JSON lines; other lines are kept too)."""
-    problems: list[str] = []
-    other: list[str] = []
-    events: dict[str, int] = {}
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                if line.strip():
-                    other.append(line)
-                continue
-            if not isinstance(entry, dict):
-                continue
-            events[str(entry.get("event"))] = events.get(str(entry.get("event")), 0) + 1
-            if entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
-                problems.append(line)
-    return {
-        "warningsOrErrors": len(problems),
-        "unstructuredLines": len(other),
-        "examples": (problems + other)[:20],
-        "events": events,
-    }
 
 
 def _slow_probes(
@@ -1134,9 +631,7 @@ def markdown(
         f"every {media_info['keyframeEveryFrames']} frames) + {media_info['audio']}, pre-encoded, "
         "published over loopback to `rtc-recorder serve --auto-record` (WebM).",
         "",
-        "| Metric | Value |",
-        "|---|---:|",
-        *(f"| {label} | {value} |" for label, value in rows),
+        *table(("Metric", "Value"), rows, "lr"),
         "",
         "| Target | Measured | Result |",
         "|---|---|---|",
@@ -1184,9 +679,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seconds", type=float, default=60.0, help="load window, once every session records"
     )
     parser.add_argument("--sessions-per-sender", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
-    parser.add_argument("--markdown", action="store_true", help="print the markdown table")
-    parser.add_argument("--keep-recordings", action="store_true", help="keep the recordings in OUT")
+    add_output_options(parser, "keep the recordings in OUT", "markdown table")
     parser.add_argument(
         "--drain", type=float, default=1.0, help="seconds between the senders pausing and hang-up"
     )
@@ -1209,57 +702,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    stem = f"server_load-{started:%Y%m%d-%H%M%S}"
-    _log(f"preparing the media loop in {args.out} …")
-    media_path = media.prepare(media.MediaSpec(), args.out)
+    results = Results.begin("server_load", args, argv)
+    media_path = results.media()
     media_info = media.load(media_path).describe()
-    workdir = Path(tempfile.mkdtemp(prefix="server_load-"))
-    try:
+    with results.workdir() as workdir:
         try:
             raw = run_load(args, media_path, workdir)
         except (ChildError, BenchmarkError, OSError) as error:
             _log(f"benchmark failed: {error}")
-            with contextlib.suppress(OSError):
-                shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-                _log(f"server log: {args.out / f'{stem}.log'}")
+            results.keep(workdir / "server.log", ".log")
             return 1
         recordings = workdir / "recordings"
-        checked = verify(raw, recordings, media_path, args.decode)
+        checked = verify(raw.get("sent", {}), recordings, media_path, args.decode)
         summary = summarise(raw, checked, args.sessions)
-        summary["serverLog"] = _server_log(workdir / "server.log")
-        shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
+        summary["serverLog"] = log_summary(workdir / "server.log")
+        results.keep(workdir / "server.log", ".log")
         if args.keep_recordings:
-            kept = args.out / f"{stem}-recordings"
-            shutil.move(recordings, kept)
-            _log(f"recordings kept in {kept}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            results.keep(recordings, "-recordings")
 
-    table = markdown(command, summary, checked, media_info)
-    document = {
-        "command": command,
-        "started": started.isoformat(timespec="seconds"),
-        "environment": _environment(),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "media": media_info,
-        "targets": {
+    table = markdown(results.command, summary, checked, media_info)
+    document = results.document(
+        args,
+        media=media_info,
+        targets={
             "healthzP99Ms": HEALTHZ_P99_TARGET_MS,
             "recordedPct": RECORDED_TARGET_PCT,
             "probeIntervalSeconds": PROBE_INTERVAL,
             "probeTimeoutSeconds": PROBE_TIMEOUT,
         },
-        "summary": summary,
-        "sessions": checked,
-        "raw": raw,
-    }
-    output = args.out / f"{stem}.json"
-    output.write_text(json.dumps(document, indent=1, default=str))
-    (args.out / f"{stem}.md").write_text(table + "\n")
-    _log(f"results: {output}")
+        summary=summary,
+        sessions=checked,
+        raw=raw,
+    )
+    results.save(document, table)
     if args.markdown:
         print(table)
     verdict = "PASS" if summary["pass"] else "FAIL"
@@ -1271,9 +746,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # run_load's finally has ended the senders and the server by now.
-        print("interrupted: every process ended", file=sys.stderr)
-        sys.exit(130)
+    exit_with(main)

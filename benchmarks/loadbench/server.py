@@ -1,0 +1,297 @@
+"""``rtc-recorder serve`` as the benchmarks run it: a subprocess on 127.0.0.1 through
+``benchmarks/loopback_server.py``, its HTTP API, its recordings folder, and the checks
+made on its files afterwards."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from .common import LOOPBACK
+
+BENCHMARKS = Path(__file__).resolve().parent.parent
+CHECKOUT = BENCHMARKS.parent
+SERVER_WRAPPER = BENCHMARKS / "loopback_server.py"
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server's own shutdown timeout is 30 s)
+
+
+class BenchmarkError(RuntimeError):
+    """The run could not be completed (the server or a sender failed, or timed out)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+class ServerProcess:
+    """``rtc-recorder serve`` as a subprocess, through the loopback wrapper, recording into
+    ``recordings``, logging JSON lines to ``log_path``.
+
+    ``serve_args`` are added to ``serve``'s (``--auto-record``, say); ``wrapper_args`` are
+    the wrapper's own options (``--recorder aiortc``, ``--lag-file F``).
+
+    It runs in a session of its own (a Ctrl-C in the terminal does not reach it: the
+    benchmark sends the one SIGTERM that finalizes the recordings) and with its stdin a
+    pipe from the benchmark: if the benchmark dies, the pipe closes and the server stops
+    itself.
+    """
+
+    def __init__(
+        self,
+        recordings: Path,
+        log_path: Path,
+        serve_args: Sequence[str] = (),
+        wrapper_args: Sequence[str] = (),
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.recordings = recordings
+        self.log_path = log_path
+        self.command = [
+            sys.executable,
+            str(SERVER_WRAPPER),
+            "--stop-on-stdin-eof",
+            *wrapper_args,
+            "--port",
+            str(self.port),
+            "--recordings",
+            str(recordings),
+            "--log-format",
+            "json",
+            *serve_args,
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}{path}"
+
+    def start(self) -> None:
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in close())
+        self.process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=CHECKOUT,
+        )
+
+    def check(self) -> None:
+        """Raise if the server has exited."""
+        assert self.process is not None
+        code = self.process.poll()
+        if code is not None:
+            raise BenchmarkError(f"the server exited (status {code}); see {self.log_path}")
+
+    def request(
+        self, method: str, path: str, timeout: float = 10.0, body: Any = None
+    ) -> tuple[int, Any]:
+        """One HTTP request to the server (``body``, if given, sent as JSON): its status
+        and JSON body."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url(path), data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            content = error.read()
+            with contextlib.suppress(ValueError):
+                return error.code, json.loads(content or b"null")
+            return error.code, content.decode(errors="replace")
+
+    def request_all(
+        self, method: str, paths: Sequence[str], timeout: float = 10.0
+    ) -> dict[str, dict[str, Any]]:
+        """``method`` on every path at once (a thread each): per path its ``status``
+        (None if the request failed), ``body`` and ``seconds``."""
+
+        def one(path: str) -> dict[str, Any]:
+            started = time.monotonic()
+            status: int | None
+            try:
+                status, body = self.request(method, path, timeout=timeout)
+            except OSError as error:
+                status, body = None, repr(error)
+            return {"status": status, "body": body, "seconds": time.monotonic() - started}
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(paths))) as pool:
+            return dict(zip(paths, pool.map(one, paths), strict=True))
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
+        """Seconds until ``/healthz`` answers."""
+        started = time.monotonic()
+        while True:
+            self.check()
+            with contextlib.suppress(OSError):
+                status, _ = self.request("GET", "/healthz", timeout=1.0)
+                if status == 200:
+                    return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise BenchmarkError(f"the server did not answer /healthz within {timeout:g} s")
+            time.sleep(0.1)
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """``GET /api/sessions``."""
+        status, body = self.request("GET", "/api/sessions")
+        if status != 200 or not isinstance(body, list):
+            raise BenchmarkError(f"/api/sessions answered {status}: {body}")
+        return body
+
+    def wait_sessions(
+        self,
+        count: int,
+        recorder_state: str | None,
+        timeout: float,
+        ids: Collection[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """``/api/sessions`` once ``count`` sessions (of ``ids``, if given) are connected
+        and their recorder in ``recorder_state`` (if given)."""
+        started = time.monotonic()
+        while True:
+            self.check()
+            listed = self.sessions()
+            ready = [
+                s
+                for s in listed
+                if s["connectionState"] == "connected"
+                and (recorder_state is None or s["recorderState"] == recorder_state)
+                and (ids is None or s["id"] in ids)
+            ]
+            if len(ready) >= count:
+                return listed
+            if time.monotonic() - started > timeout:
+                states = [(s["id"], s["connectionState"], s["recorderState"]) for s in listed]
+                wanted = f"connected and {recorder_state}" if recorder_state else "connected"
+                raise BenchmarkError(
+                    f"{len(ready)} of {count} sessions {wanted} after {timeout:g} s: {states}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
+        """SIGTERM, then wait for the exit: its status and how long it took."""
+        assert self.process is not None
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        killed = False
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(10)
+            killed = True
+        return {"exitCode": code, "seconds": time.monotonic() - started, "killed": killed}
+
+    def close(self) -> None:
+        """Leave no server running (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+def sidecars(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every recording's sidecar in ``folder``, by its file name."""
+    found = {}
+    for sidecar in sorted(folder.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads(sidecar.read_text())
+            if isinstance(meta, dict):
+                found[sidecar.name.removesuffix(".json")] = meta
+    return found
+
+
+def wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
+    """Seconds until the sidecar of every session's recording says "complete" (or
+    "failed"); the timeout leaves the states as they are for the verification."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        final = {
+            meta.get("session")
+            for meta in sidecars(folder).values()
+            if meta.get("state") in ("complete", "failed")
+        }
+        if sessions <= final:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def ffmpeg_errors(path: Path) -> str:
+    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
+    result = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode and not output:
+        output = f"ffmpeg exited with status {result.returncode}"
+    return output
+
+
+def ffmpeg_all(paths: Sequence[Path]) -> dict[Path, str]:
+    """:func:`ffmpeg_errors` of every path, one ffmpeg per core at a time."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(paths, pool.map(ffmpeg_errors, paths), strict=True))
+
+
+def log_summary(path: Path) -> dict[str, Any]:
+    """Warnings and errors in the server's log (JSON lines; other lines are kept too)."""
+    problems: list[str] = []
+    other: list[str] = []
+    events: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    other.append(line)
+                continue
+            if not isinstance(entry, dict):
+                continue
+            events[str(entry.get("event"))] = events.get(str(entry.get("event")), 0) + 1
+            if entry.get("level") in ("WARNING", "ERROR", "CRITICAL"):
+                problems.append(line)
+    return {
+        "warningsOrErrors": len(problems),
+        "unstructuredLines": len(other),
+        "examples": (problems + other)[:20],
+        "events": events,
+    }
