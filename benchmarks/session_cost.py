@@ -762,14 +762,11 @@ def summary_text(
 # -- main ------------------------------------------------------------------------------------------
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of session counts: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("session counts must be at least 1")
-    return values
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("a session count is at least 1")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -780,23 +777,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--counts",
-        type=_counts,
-        action="extend",
-        help="session counts of the comparison (e.g. 2 20 40 or 2,20,40; default 2 20 40)",
+        type=_count,
         nargs="+",
+        default=[2, 20, 40],
+        metavar="N",
+        help="session counts of the comparison",
     )
     parser.add_argument(
         "--aiortc-counts",
-        type=_counts,
-        action="extend",
+        type=_count,
         nargs="+",
-        help="counts at which aiortc's recorder also runs (default 2: it saturates a small "
-        "machine)",
+        default=[2],
+        metavar="N",
+        help="counts at which aiortc's recorder runs too (it saturates a small machine)",
     )
     parser.add_argument(
         "--state-sessions",
         type=int,
-        help="sessions of the by-state part (default: the largest count up to 20)",
+        metavar="N",
+        help="sessions of the by-state part; if not given, the largest count up to 20",
     )
     parser.add_argument(
         "--parts",
@@ -824,8 +823,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions-per-sender", type=int, default=5)
     add_output_options(parser, "keep the recordings in OUT", "tables")
     args = parser.parse_args(argv)
-    args.counts = sorted({c for group in (args.counts or [[2, 20, 40]]) for c in group})
-    args.aiortc_counts = sorted({c for group in (args.aiortc_counts or [[2]]) for c in group})
+    args.counts = sorted(set(args.counts))
+    args.aiortc_counts = sorted(set(args.aiortc_counts))
     if args.state_sessions is None:
         small = [c for c in args.counts if c <= 20]
         args.state_sessions = max(small) if small else min(args.counts)
