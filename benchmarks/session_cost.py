@@ -43,6 +43,7 @@ from loadbench.accounting import verify
 from loadbench.bare import BareOptions, inspect_files, run_bare
 from loadbench.children import ChildError, Children, cpu_seconds
 from loadbench.environment import use_checkout
+from loadbench.lag import read_lag_log
 from loadbench.machine import MachineWindow
 from loadbench.receiver import file_name
 from loadbench.report import MB, percentile, table
@@ -192,6 +193,8 @@ class ServerRun:
         after = self._process.cpu_times()
         ended = time.monotonic()
         rss.append(int(self._process.memory_info().rss))
+        if self.ids:
+            self._check_sessions(name)
         self.windows[name] = {
             "start": started,
             "end": ended,
@@ -201,6 +204,17 @@ class ServerRun:
             "rssBytes": rss,
             "machine": machine.end(),
         }
+
+    def _check_sessions(self, window: str) -> None:
+        """Raise if a session ended or disconnected during ``window``."""
+        connected = {s["id"] for s in self.server.sessions() if s["connectionState"] == "connected"}
+        lost = [i for i in self.ids if i not in connected]
+        if lost:
+            raise BenchmarkError(
+                f"{len(lost)} of {len(self.ids)} sessions no longer connected at the end of the "
+                f"{window} window (see the server's log: on an overloaded machine, ICE consent "
+                "checks time out and connections end about 30 s after they began)"
+            )
 
     def finish(self) -> None:
         """Senders pause and report; RTP statistics; every session hung up
@@ -234,11 +248,7 @@ class ServerRun:
         self._read_lags()
 
     def _read_lags(self) -> None:
-        samples = []
-        if self.lag_file.exists():
-            for line in self.lag_file.read_text().splitlines():
-                at, lag = line.split()
-                samples.append((float(at), float(lag)))
+        samples = read_lag_log(self.lag_file)
         for window in self.windows.values():
             window["lagSeconds"] = [
                 lag for at, lag in samples if window["start"] <= at <= window["end"]

@@ -4,7 +4,7 @@ A recorder that holds the loop (decoding, encoding, writing) delays everything e
 process does: the lag is what a server's other sessions and requests wait.
 :class:`LagProbe` measures it inside the process; :class:`LagLog` does so in a server the
 benchmark runs as a subprocess (``loopback_server.py --lag-file``), writing every sample to
-a file that :func:`read_lag_log` reads back by time window.
+a file that :func:`read_lag_log` reads back.
 """
 
 from __future__ import annotations
@@ -76,12 +76,13 @@ class LagLog:
             self.flush()
 
 
-def read_lag_log(path: Path, start: float, end: float) -> list[float]:
-    """The lags (seconds) of a :class:`LagLog` file that woke between monotonic times
-    ``start`` and ``end``."""
-    lags = []
+def read_lag_log(path: Path) -> list[tuple[float, float]]:
+    """Every sample of a :class:`LagLog` file: (monotonic time it woke, lag in seconds);
+    none if the file is missing."""
+    if not path.exists():
+        return []
+    samples = []
     for line in path.read_text().splitlines():
-        at, lag = (float(value) for value in line.split())
-        if start <= at <= end:
-            lags.append(lag)
-    return lags
+        at, lag = line.split()
+        samples.append((float(at), float(lag)))
+    return samples
