@@ -74,11 +74,13 @@ def run_batch(
     ids = [opened[str(number)] for number in numbers]
     server.wait_sessions(len(ids), None, STATE_TIMEOUT, ids)
     connected = time.monotonic()
-    answers = server.request_all("POST", [f"/api/sessions/{i}/start" for i in ids], STATE_TIMEOUT)
-    failed = {path: a["status"] for path, a in answers.items() if a["status"] != 200}
-    if failed:
-        raise BenchmarkError(f"start failed: {failed}")
-    server.wait_sessions(len(ids), "recording", STATE_TIMEOUT, ids)
+    if not args.no_record:
+        paths = [f"/api/sessions/{i}/start" for i in ids]
+        answers = server.request_all("POST", paths, STATE_TIMEOUT)
+        failed = {path: a["status"] for path, a in answers.items() if a["status"] != 200}
+        if failed:
+            raise BenchmarkError(f"start failed: {failed}")
+        server.wait_sessions(len(ids), "recording", STATE_TIMEOUT, ids)
     time.sleep(args.record_seconds)
     hangups = server.request_all("DELETE", [hangup.format(i) for i in ids], HANGUP_TIMEOUT)
     failed = {path: a["status"] for path, a in hangups.items() if a["status"] != 200}
@@ -156,9 +158,25 @@ def _spread(items: list[Any], count: int) -> list[Any]:
     return [items[round(i * step)] for i in range(count)]
 
 
+def _read_back(path: Path, ffmpeg: str | None) -> dict[str, Any]:
+    """One recording as PyAV demuxes it (and what ffmpeg printed, if it was decoded)."""
+    inspected = files.inspect(path, decode=False)
+    return {
+        "file": path.name,
+        "ffmpeg": ffmpeg,
+        "pyav": inspected["error"],
+        "videoPackets": inspected["video"]["packets"],
+        "audioPackets": inspected["audio"]["packets"],
+        "videoSeconds": inspected["video"]["seconds"],
+        "audioSeconds": inspected["audio"]["seconds"],
+        "clean": not ffmpeg and inspected["error"] is None,
+    }
+
+
 def verify(raw: dict[str, Any], recordings: Path, check: int) -> dict[str, Any]:
-    """Every session has one finalized recording; ``check`` of them, spread over the run,
-    are decoded by ffmpeg (must print nothing) and demuxed by PyAV."""
+    """Every session has one finalized recording, and every recording both video and audio
+    (PyAV demuxes them all); ``check`` of them, spread over the run, are also decoded by
+    ffmpeg (which must print nothing)."""
     metas = sidecars(recordings)
     by_session: dict[str, list[str]] = {}
     for name, meta in metas.items():
@@ -170,42 +188,34 @@ def verify(raw: dict[str, Any], recordings: Path, check: int) -> dict[str, Any]:
         if len(by_session.get(i, [])) == 1 and metas[by_session[i][0]].get("state") == "complete"
     ]
     names = [by_session[i][0] for i in ids if len(by_session.get(i, [])) == 1]
-    checked_names = _spread(names, check)
-    paths = [recordings / name for name in checked_names]
-    _log(f"checking {len(paths)} of {len(names)} recordings with ffmpeg and PyAV …")
+    paths = [recordings / name for name in _spread(names, check)]
+    _log(f"demuxing {len(names)} recordings, decoding {len(paths)} with ffmpeg …")
     ffmpeg = ffmpeg_all(paths)
-    checked = []
-    for path in paths:
-        inspected = files.inspect(path, decode=False)
-        checked.append(
-            {
-                "file": path.name,
-                "ffmpeg": ffmpeg[path],
-                "pyav": inspected["error"],
-                "videoPackets": inspected["video"]["packets"],
-                "audioPackets": inspected["audio"]["packets"],
-                "videoSeconds": inspected["video"]["seconds"],
-                "audioSeconds": inspected["audio"]["seconds"],
-                "clean": not ffmpeg[path] and inspected["error"] is None,
-            }
-        )
+    read = [_read_back(recordings / name, ffmpeg.get(recordings / name)) for name in names]
+    checked = [entry for entry in read if entry["ffmpeg"] is not None]
+    incomplete = [e for e in read if not e["videoPackets"] or not e["audioPackets"] or e["pyav"]]
     return {
         "sessions": len(ids),
         "recordings": len(metas),
         "finalized": len(finalized),
         "notFinalized": [i for i in ids if i not in set(finalized)][:20],
+        "withoutVideoOrAudio": incomplete,
+        "videoSeconds": [e["videoSeconds"] for e in read],
         "checked": checked,
         "clean": sum(c["clean"] for c in checked),
     }
 
 
-def summarise(raw: dict[str, Any], verified: dict[str, Any], warmup: int) -> dict[str, Any]:
-    """The figures of the table (see the README for their definitions)."""
+def summarise(
+    raw: dict[str, Any], verified: dict[str, Any], warmup: int, recorded: bool
+) -> dict[str, Any]:
+    """The figures of the table (see the README for their definitions); ``recorded``:
+    whether the sessions recorded (without, only the memory is judged)."""
     batches = raw["batches"]
     after = [(b["closed"], b["rssBytes"] / MB) for b in batches if b["closed"] > warmup]
     kept = slope(after)
     rss = [b["rssBytes"] / MB for b in batches]
-    durations = [c["videoSeconds"] for c in verified["checked"]]
+    durations = verified["videoSeconds"]
     return {
         "sessions": verified["sessions"],
         "warmupSessions": warmup,
@@ -224,8 +234,9 @@ def summarise(raw: dict[str, Any], verified: dict[str, Any], warmup: int) -> dic
         "finalized": verified["finalized"],
         "checked": len(verified["checked"]),
         "clean": verified["clean"],
-        "checkedVideoSecondsMin": min(durations, default=None),
-        "checkedVideoSecondsMax": max(durations, default=None),
+        "videoSecondsMin": min(durations, default=None),
+        "videoSecondsMax": max(durations, default=None),
+        "withoutVideoOrAudio": len(verified["withoutVideoOrAudio"]),
         "seconds": raw["seconds"],
         "batchSecondsMean": raw["seconds"] / len(batches) if batches else None,
         "machineBusyCores": raw["machine"]["busyCores"],
@@ -234,10 +245,17 @@ def summarise(raw: dict[str, Any], verified: dict[str, Any], warmup: int) -> dic
         "loadEnd": raw["machine"]["loadEnd"],
         "serverExitCode": raw["serverStop"]["exitCode"],
         "serverLogWarnings": raw["serverLog"]["warningsOrErrors"],
+        "recorded": recorded,
         "met": kept is not None
         and kept <= TARGET_MB_PER_SESSION
-        and verified["finalized"] == verified["sessions"]
-        and verified["clean"] == len(verified["checked"]),
+        and (
+            not recorded
+            or (
+                verified["finalized"] == verified["sessions"]
+                and verified["clean"] == len(verified["checked"])
+                and not verified["withoutVideoOrAudio"]
+            )
+        ),
     }
 
 
@@ -260,7 +278,12 @@ def markdown(command: str, summary: dict[str, Any], raw: dict[str, Any]) -> str:
     s = summary
     kept = s["mbPerClosedSession"]
     rows = [
-        ("Sessions made, recorded and closed", f"{s['sessions']:,}"),
+        (
+            "Sessions made, recorded and closed"
+            if s["recorded"]
+            else "Sessions made and closed (--no-record: none recorded)",
+            f"{s['sessions']:,}",
+        ),
         (
             "Time taken (s); per batch, mean (s)",
             f"{_fmt(s['seconds'])}; {_fmt(s['batchSecondsMean'], 2)}",
@@ -287,9 +310,10 @@ def markdown(command: str, summary: dict[str, Any], raw: dict[str, Any]) -> str:
         ),
         ('Recordings finalized (sidecar "complete")', f"{s['finalized']} / {s['sessions']}"),
         ("Spot-checked recordings clean (ffmpeg, PyAV)", f"{s['clean']} / {s['checked']}"),
+        ("Recordings without video or audio (PyAV, all)", str(s["withoutVideoOrAudio"])),
         (
-            "Spot-checked recordings' video, min / max (s)",
-            f"{_fmt(s['checkedVideoSecondsMin'], 2)} / {_fmt(s['checkedVideoSecondsMax'], 2)}",
+            "Recordings' video, min / max (s)",
+            f"{_fmt(s['videoSecondsMin'], 2)} / {_fmt(s['videoSecondsMax'], 2)}",
         ),
         (
             f"Machine CPU busy over the run (cores of {s['machineCores']})",
@@ -347,6 +371,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--check", type=int, default=20, help="recordings spot-checked")
     parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="sessions connect and hang up without recording: the memory a session keeps "
+        "by itself, to compare",
+    )
+    parser.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds for a batch to connect"
     )
     add_output_options(parser, "keep the recordings in OUT", "table")
@@ -376,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         results.keep(workdir / "server.log", ".log")
         if args.keep_recordings:
             results.keep(workdir / "recordings", "-recordings")
-    summary = summarise(raw, verified, warmup)
+    summary = summarise(raw, verified, warmup, not args.no_record)
     table = markdown(results.command, summary, raw)
     document = results.document(
         args,
@@ -394,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['sessions']} sessions in {summary['seconds']:.0f} s; server RSS "
             f"{summary['rssBeforeMB']:.1f} → {_fmt(summary['rssEndMB'])} MB "
             f"({rss_curve(raw)}); {_fmt(kept, 4)} MB kept per closed session after "
-            f"{warmup} (target ≤ {TARGET_MB_PER_SESSION}); {summary['finalized']} finalized; "
+            f"{warmup} (target ≤ {TARGET_MB_PER_SESSION}); {summary['finalized']} finalized, "
+            f"{summary['withoutVideoOrAudio']} without video or audio; "
             f"{summary['clean']} / {summary['checked']} spot-checked clean; machine "
             f"{summary['machineBusyCores']:.2f} of {summary['machineCores']} cores busy, load "
             f"{summary['loadBefore']:.2f} → {summary['loadEnd']:.2f}"

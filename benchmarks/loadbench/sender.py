@@ -305,33 +305,14 @@ async def _churn(channel: Channel, config: ChurnSenderConfig) -> None:
     each sent), their peer connections closed; until ``close``."""
     loopback_only()
     media = load(Path(config.media_path))
-    gate = Gate()
     live: dict[int, Session] = {}
     timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while (message := await channel.receive("open", "hang_up", "close"))["type"] != "close":
                 if message["type"] == "open":
-                    opened: list[Session] = []
-                    try:
-                        async with (
-                            asyncio.timeout(config.connect_timeout),
-                            asyncio.TaskGroup() as group,
-                        ):
-                            for number in message["sessions"]:
-                                group.create_task(
-                                    _open_session(
-                                        number, media, gate, http, config.offer_url, opened
-                                    )
-                                )
-                    finally:
-                        live.update((session.number, session) for session in opened)
-                    channel.send(
-                        {
-                            "type": "opened",
-                            "sessions": {str(s.number): s.server_session for s in opened},
-                        }
-                    )
+                    opened = await _open_batch(message["sessions"], media, http, config, live)
+                    channel.send({"type": "opened", "sessions": opened})
                 else:
                     ending = [live.pop(number) for number in message["sessions"]]
                     counts = {str(s.number): s.counts() for s in ending}
@@ -339,6 +320,27 @@ async def _churn(channel: Channel, config: ChurnSenderConfig) -> None:
                     channel.send({"type": "hung_up", "sessions": counts})
     finally:
         await _close_all(list(live.values()))
+
+
+async def _open_batch(
+    numbers: list[int],
+    media: EncodedLoop,
+    http: aiohttp.ClientSession,
+    config: ChurnSenderConfig,
+    live: dict[int, Session],
+) -> dict[str, str | None]:
+    """Open sessions ``numbers`` at once (into ``live``, even those that fail, so they are
+    closed); the server's session id of each, once all are connected."""
+    opened: list[Session] = []
+    try:
+        async with asyncio.timeout(config.connect_timeout), asyncio.TaskGroup() as group:
+            for number in numbers:
+                group.create_task(
+                    _open_session(number, media, Gate(), http, config.offer_url, opened)
+                )
+    finally:
+        live.update((session.number, session) for session in opened)
+    return {str(s.number): s.server_session for s in opened}
 
 
 def run_churn(connection: Connection, config: ChurnSenderConfig) -> None:
