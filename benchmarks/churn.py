@@ -136,8 +136,9 @@ def run_churn(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict
                 )
         raw["seconds"] = time.monotonic() - began
         raw["machine"] = machine.end()
-        ids = {i for batch in raw["batches"] for i in batch["ids"]}
-        raw["sidecarWaitSeconds"] = wait_complete(recordings, ids, HANGUP_TIMEOUT)
+        if not args.no_record:
+            ids = {i for batch in raw["batches"] for i in batch["ids"]}
+            raw["sidecarWaitSeconds"] = wait_complete(recordings, ids, HANGUP_TIMEOUT)
         senders.send("sender", {"type": "close"})
         senders.join(timeout=30)
         raw["serverStop"] = server.stop()
@@ -420,13 +421,17 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
     else:
         kept = summary["mbPerClosedSession"]
+        recorded = (
+            f"{summary['finalized']} finalized, {summary['withoutVideoOrAudio']} without video "
+            f"or audio, {summary['clean']} / {summary['checked']} spot-checked clean"
+            if summary["recorded"]
+            else "nothing recorded (--no-record)"
+        )
         print(
             f"{summary['sessions']} sessions in {summary['seconds']:.0f} s; server RSS "
             f"{summary['rssBeforeMB']:.1f} → {_fmt(summary['rssEndMB'])} MB "
             f"({rss_curve(raw)}); {_fmt(kept, 4)} MB kept per closed session after "
-            f"{warmup} (target ≤ {TARGET_MB_PER_SESSION}); {summary['finalized']} finalized, "
-            f"{summary['withoutVideoOrAudio']} without video or audio; "
-            f"{summary['clean']} / {summary['checked']} spot-checked clean; machine "
+            f"{warmup} (target ≤ {TARGET_MB_PER_SESSION}); {recorded}; machine "
             f"{summary['machineBusyCores']:.2f} of {summary['machineCores']} cores busy, load "
             f"{summary['loadBefore']:.2f} → {summary['loadEnd']:.2f}"
         )
