@@ -10,13 +10,9 @@ stream=...)``, listens to its events with ``on``, calls ``start(timeslice)`` and
 (libvpx, libopus for WebM). aiortc's recorder cannot pause: ``pause``, ``resume`` and
 ``requestData`` raise ``NotSupportedError`` (the API answers 400).
 
-aiortc's recorder sizes its video stream from the first video frame it reads, and PyAV
-cannot resize a stream once the file has begun: if an audio packet is written first, the
-video task dies (``Cannot change width after codec is open``) and the file has no video
-while decoded frames pile up unread. In the server, audio always comes first (its decoding
-starts at once; video waits for a keyframe), so the adapter hands aiortc the audio track
-behind a gate that opens once the first video frame has been read: every audio frame is
-still recorded, after the video stream is sized.
+aiortc's recorder gets its tracks through :func:`.aiortc_order.video_first`, as in the bare
+receiver: in the server, audio always reaches it first (its decoding starts at once; video
+waits for a keyframe), which would cost the file its whole video track.
 """
 
 from __future__ import annotations
@@ -29,10 +25,10 @@ from typing import Any
 
 from aiortc.contrib.media import MediaRecorder
 from aiortc.mediastreams import MediaStreamTrack
-from av.frame import Frame
-from av.packet import Packet
 
 from rtc_recorder import Event, InvalidStateError, NotSupportedError
+
+from .aiortc_order import video_first
 
 Listener = Callable[[Event], Any]
 
@@ -76,10 +72,7 @@ class AiortcRecorder:
         if not any(track.kind == "video" for track in tracks):
             first_video.set()
         for track in tracks:
-            if track.kind == "video":
-                recorder.addTrack(_Signalling(track, first_video))
-            else:
-                recorder.addTrack(_Gated(track, first_video))
+            recorder.addTrack(video_first(track, first_video))
         self._recorder = recorder
         self._state = "recording"
         self._started = time.monotonic()
@@ -125,34 +118,3 @@ class AiortcRecorder:
     def _emit(self, name: str) -> None:
         for listener in self._listeners.get(name, []):
             listener(Event(name))
-
-
-class _Signalling(MediaStreamTrack):
-    """``track`` as aiortc's recorder reads it, setting ``first`` when a frame is read."""
-
-    def __init__(self, track: MediaStreamTrack, first: asyncio.Event) -> None:
-        super().__init__()
-        self.kind = track.kind
-        self._track = track
-        self._first = first
-
-    async def recv(self) -> Frame | Packet[Any]:
-        frame = await self._track.recv()
-        # Set just before aiortc sizes the video stream from this frame, with no await in
-        # between: a gated audio read resumes only after that.
-        self._first.set()
-        return frame
-
-
-class _Gated(MediaStreamTrack):
-    """``track`` as aiortc's recorder reads it, from the moment ``gate`` is set."""
-
-    def __init__(self, track: MediaStreamTrack, gate: asyncio.Event) -> None:
-        super().__init__()
-        self.kind = track.kind
-        self._track = track
-        self._gate = gate
-
-    async def recv(self) -> Frame | Packet[Any]:
-        await self._gate.wait()
-        return await self._track.recv()

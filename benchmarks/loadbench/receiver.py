@@ -35,6 +35,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from .aiortc_order import video_first
 from .common import LOOPBACK, Channel, loopback_only, rtc_configuration, run_child
 from .lag import LagProbe
 
@@ -197,10 +198,13 @@ class Receiver:
         path = self.directory / file_name(number)
         session = Session(number, pc, self.recorder_class(str(path)), path)
         self.sessions[number] = session
+        first_video = asyncio.Event()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             session.tracks.append(track)
+            if self.config.kind == "aiortc":
+                track = video_first(track, first_video)
             session.recorder.addTrack(track)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type=params["type"]))
