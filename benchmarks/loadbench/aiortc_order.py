@@ -25,36 +25,32 @@ def video_first(track: MediaStreamTrack, first_video: asyncio.Event) -> MediaStr
     """``track`` as aiortc's recorder should read it: a video track sets ``first_video``
     when its first frame is read; any other waits for it. One event per recording."""
     if track.kind == "video":
-        return _Signalling(track, first_video)
-    return _Gated(track, first_video)
+        return _Ordered(track, opens=first_video)
+    return _Ordered(track, waits_for=first_video)
 
 
-class _Signalling(MediaStreamTrack):
-    """``track``, setting ``first`` when a frame is read."""
+class _Ordered(MediaStreamTrack):
+    """``track``, read once ``waits_for`` is set (if given), setting ``opens`` (if given)
+    whenever a frame is read."""
 
-    def __init__(self, track: MediaStreamTrack, first: asyncio.Event) -> None:
+    def __init__(
+        self,
+        track: MediaStreamTrack,
+        waits_for: asyncio.Event | None = None,
+        opens: asyncio.Event | None = None,
+    ) -> None:
         super().__init__()
         self.kind = track.kind
         self._track = track
-        self._first = first
+        self._waits_for = waits_for
+        self._opens = opens
 
     async def recv(self) -> Frame | Packet[Any]:
+        if self._waits_for is not None:
+            await self._waits_for.wait()
         frame = await self._track.recv()
-        # Set just before aiortc sizes the video stream from this frame, with no await in
-        # between: a gated audio read resumes only after that.
-        self._first.set()
+        if self._opens is not None:
+            # Set just before aiortc sizes the video stream from this frame, with no await
+            # in between: a waiting audio read resumes only after that.
+            self._opens.set()
         return frame
-
-
-class _Gated(MediaStreamTrack):
-    """``track``, read from the moment ``gate`` is set."""
-
-    def __init__(self, track: MediaStreamTrack, gate: asyncio.Event) -> None:
-        super().__init__()
-        self.kind = track.kind
-        self._track = track
-        self._gate = gate
-
-    async def recv(self) -> Frame | Packet[Any]:
-        await self._gate.wait()
-        return await self._track.recv()
