@@ -41,15 +41,10 @@ from loadbench.processes import ChildError, Senders
 from loadbench.report import environment, mean
 from loadbench.server import (
     HANGUP_TIMEOUT,
-    SERVER_READY_TIMEOUT,
-    SERVER_STOP_TIMEOUT,
     BenchmarkError,
-    Server,
-    free_port,
-    hang_up,
+    ServerProcess,
     log_summary,
     wait_complete,
-    wait_recording,
 )
 from loadbench.verify import RECORDED_TARGET_PCT, verify
 from prometheus_client.parser import text_string_to_metric_families
@@ -114,12 +109,12 @@ class Publishers:
         self.senders.join(timeout=30)
 
 
-def _get_json(server: Server, path: str) -> Any:
+def _get_json(server: ServerProcess, path: str) -> Any:
     status, body = server.request("GET", path)
     return {"status": status, **body} if isinstance(body, dict) else {"status": status}
 
 
-def _lag_buckets(server: Server) -> dict[float, float]:
+def _lag_buckets(server: ServerProcess) -> dict[float, float]:
     """The server's event-loop lag histogram: cumulative count by upper bound (seconds)."""
     with urlopen(server.url("/metrics"), timeout=10) as response:
         text = response.read().decode()
@@ -145,7 +140,7 @@ def lag_p99_bound(before: dict[float, float], after: dict[float, float]) -> floa
 
 
 def attempt(
-    server: Server, publishers: Publishers, number: int, admitted: int, phase: str
+    server: ServerProcess, publishers: Publishers, number: int, admitted: int, phase: str
 ) -> dict[str, Any]:
     """Offer one session; once admitted, wait until it records. What happened, with the
     server's ``/readyz`` right after."""
@@ -160,7 +155,7 @@ def attempt(
         "session": reply.get("session"),
     }
     if reply["status"] == 200:
-        wait_recording(server, admitted + 1, 30)
+        server.wait_sessions(admitted + 1, "recording", 30)
     else:
         with contextlib.suppress(ValueError):
             record["error"] = json.loads(reply.get("body") or "{}")
@@ -172,7 +167,7 @@ def attempt(
 def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
     """Fill the server until it refuses, try as many again, record, stop: the raw results."""
     recordings = workdir / "recordings"
-    server = Server(free_port(), recordings, workdir / "server.log", args.server_arg)
+    server = ServerProcess(recordings, workdir / "server.log", ["--auto-record", *args.server_arg])
     publishers = Publishers(
         server.url("/offer"), media_path, args.sessions_per_sender, args.connect_timeout
     )
@@ -180,7 +175,7 @@ def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, 
     raw: dict[str, Any] = {"serverCommand": shlex.join(server.command), "attempts": []}
     try:
         server.start()
-        server.wait_ready(SERVER_READY_TIMEOUT)
+        server.wait_ready()
         monitor = Monitor(server.url("/healthz"), server.pid)
         monitor.start()
         time.sleep(IDLE_SECONDS)
@@ -228,11 +223,13 @@ def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, 
         raw["sent"] = publishers.sent()
         time.sleep(args.drain)
         ids = [s["id"] for s in server.sessions()]
-        raw["hangups"] = hang_up(server, ids)
+        raw["hangups"] = server.request_all(
+            "DELETE", [f"/api/sessions/{i}" for i in ids], HANGUP_TIMEOUT
+        )
         raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         publishers.close()
         monitor.stop()
-        raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
+        raw["serverStop"] = server.stop()
     finally:
         if monitor is not None:
             monitor.stop()

@@ -24,13 +24,8 @@ Results go to ``OUT/server_load-<date>-<time>.json`` (and ``.log``, the server's
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import json
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,45 +33,30 @@ from typing import Any
 
 import psutil
 from loadbench import media, sender
+from loadbench.accounting import RECORDED_TARGET_PCT, verify
+from loadbench.children import ChildError, Children, cpu_seconds
+from loadbench.machine import SATURATED, busy_seconds
 from loadbench.monitor import PROBE_INTERVAL, PROBE_TIMEOUT, SAMPLE_INTERVAL, Monitor
-from loadbench.processes import ChildError, Senders, cpu_seconds, groups, machine_busy
-from loadbench.report import MB, environment, mean, percentile, slope
+from loadbench.report import MB, percentile, slope, table
+from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
-    SERVER_READY_TIMEOUT,
-    SERVER_STOP_TIMEOUT,
     BenchmarkError,
-    Server,
-    free_port,
-    hang_up,
+    ServerProcess,
     log_summary,
     wait_complete,
-    wait_recording,
 )
-from loadbench.verify import RECORDED_TARGET_PCT, verify
 
 HERE = Path(__file__).resolve().parent
-CHECKOUT = HERE.parent
-DEFAULT_OUT = HERE / "results"
 
 IDLE_SECONDS = 2.0  # probing before the first offer: the unloaded baseline
 HEALTHZ_P99_TARGET_MS = 100.0
 RECORDING_START_TIMEOUT = 30.0  # from every sender connected to every session recording
 PHASES = ("idle", "connecting", "recording", "hangup")
-SATURATED = 0.9  # a sample second with the machine at least this busy (share of its cores)
 
 
 def _log(text: str) -> None:
     print(f"[server_load] {text}", file=sys.stderr, flush=True)
-
-
-# -- the server ------------------------------------------------------------------------------
-
-
-# -- the senders -----------------------------------------------------------------------------
-
-
-# -- the monitor: /healthz probes, CPU and RSS samples ---------------------------------------
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -86,14 +66,14 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
     """Start the server and the senders, load it for ``--seconds``, hang up, stop it; the
     raw measurements (the files are verified afterwards)."""
     recordings = workdir / "recordings"
-    server = Server(free_port(), recordings, workdir / "server.log")
-    senders = Senders()
+    server = ServerProcess(recordings, workdir / "server.log", ["--auto-record"])
+    senders = Children()
     monitor: Monitor | None = None
     connect_timeout = args.connect_timeout or 20.0 + 2.0 * args.sessions
     raw: dict[str, Any] = {"serverCommand": shlex.join(server.command)}
     try:
         server.start()
-        raw["serverReadySeconds"] = server.wait_ready(SERVER_READY_TIMEOUT)
+        raw["serverReadySeconds"] = server.wait_ready()
         raw["serverPid"] = server.pid
         _log(f"server pid {server.pid} on port {server.port}, recording to {recordings}")
         monitor = Monitor(server.url("/healthz"), server.pid)
@@ -102,20 +82,22 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
 
         monitor.phase = "connecting"
         connecting = time.monotonic()
-        offer_url = server.url("/offer")
-        for index, numbers in enumerate(groups(args.sessions, args.sessions_per_sender)):
-            senders.start(
-                f"sender-{index}",
-                sender.run,
-                sender.SenderConfig(index, offer_url, numbers, str(media_path), connect_timeout),
-            )
-        names = senders.names("sender-")
+        names = sender.start_senders(
+            senders,
+            server.url("/offer"),
+            args.sessions,
+            args.sessions_per_sender,
+            media_path,
+            connect_timeout,
+        )
         monitor.sender_pids = [senders.pid(name) for name in names]
         _log(f"{len(names)} sender process(es) connecting {args.sessions} sessions")
         for name in names:
             senders.expect(name, "connected", timeout=connect_timeout + 10)
         raw["sendersConnectedSeconds"] = time.monotonic() - connecting
-        raw["sessionsAtStart"] = wait_recording(server, args.sessions, RECORDING_START_TIMEOUT)
+        raw["sessionsAtStart"] = server.wait_sessions(
+            args.sessions, "recording", RECORDING_START_TIMEOUT
+        )
         raw["allRecordingSeconds"] = time.monotonic() - connecting
         _log(f"all {args.sessions} recording after {raw['allRecordingSeconds']:.1f} s")
 
@@ -132,7 +114,7 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         raw["window"] = {
             "seconds": window,
             "senderCpuCores": (cpu_seconds(sender_pids) - sender_cpu) / window,
-            "machineBusyCores": (machine_busy(psutil.cpu_times()) - machine_busy(machine)) / window,
+            "machineBusyCores": (busy_seconds(psutil.cpu_times()) - busy_seconds(machine)) / window,
             "machineCores": psutil.cpu_count(),
             "senderProcesses": len(names),
         }
@@ -148,7 +130,9 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         time.sleep(args.drain)  # what was sent reaches the recorders
         ids = [s["id"] for s in raw["sessionsAtEnd"]]
         hangup = time.monotonic()
-        raw["hangups"] = hang_up(server, ids)
+        raw["hangups"] = server.request_all(
+            "DELETE", [f"/api/sessions/{i}" for i in ids], HANGUP_TIMEOUT
+        )
         raw["hangupSeconds"] = time.monotonic() - hangup
         raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         _log(f"hung up {len(ids)} sessions in {raw['hangupSeconds']:.2f} s")
@@ -157,7 +141,7 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
             senders.send(name, {"type": "close"})
         senders.join(timeout=30)
         monitor.stop()
-        raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
+        raw["serverStop"] = server.stop()
         _log(f"server exited with status {raw['serverStop']['exitCode']}")
     finally:
         if monitor is not None:
@@ -193,6 +177,10 @@ def latency(probes: list[dict[str, Any]]) -> dict[str, Any]:
         "over100Ms": sum(v >= HEALTHZ_P99_TARGET_MS for v in values),
         "errors": sorted({str(p["error"]) for p in failures})[:10],
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _slow_probes(
@@ -257,22 +245,22 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
         "sessionsRecorded": len(checked),
         "windowSeconds": raw.get("window", {}).get("seconds"),
         "healthz": healthz,
-        "serverCpuCoresMean": mean([s["cpu_cores"] for s in window]),
+        "serverCpuCoresMean": _mean([s["cpu_cores"] for s in window]),
         "serverCpuCoresPeak": max((s["cpu_cores"] for s in window), default=None),
-        "serverRssMBMean": mean([s["rss_bytes"] / MB for s in window]),
+        "serverRssMBMean": _mean([s["rss_bytes"] / MB for s in window]),
         "serverRssMBPeak": max((s["rss_bytes"] / MB for s in window), default=None),
         "serverRssSlopeMBPerMin": slope([(x["at"] / 60, x["rss_bytes"] / MB) for x in window]),
         "serverRssMBPeakWholeRun": max((s["rss_bytes"] / MB for s in every), default=None),
-        "serverRssMBIdle": mean([s["rss_bytes"] / MB for s in every if s["phase"] == "idle"]),
+        "serverRssMBIdle": _mean([s["rss_bytes"] / MB for s in every if s["phase"] == "idle"]),
         "serverThreadsPeak": max((s["threads"] for s in every), default=None),
-        "serverPreemptionsPerSecondMean": mean([s["preemptions_per_second"] for s in window]),
-        "machineBusyCoresMean": mean([s["machine_busy_cores"] for s in window]),
-        "sendersCpuCoresMean": mean([s["senders_cpu_cores"] for s in window]),
-        "scriptCpuCoresMean": mean([s["self_cpu_cores"] for s in window]),
-        "otherCpuCoresMean": mean([s["other_cpu_cores"] for s in window]),
-        "interruptsCpuCoresMean": mean([s["interrupts_cpu_cores"] for s in window]),
-        "stealCpuCoresMean": mean([s["steal_cpu_cores"] for s in window]),
-        "cpuPressureMean": mean(pressure),
+        "serverPreemptionsPerSecondMean": _mean([s["preemptions_per_second"] for s in window]),
+        "machineBusyCoresMean": _mean([s["machine_busy_cores"] for s in window]),
+        "sendersCpuCoresMean": _mean([s["senders_cpu_cores"] for s in window]),
+        "scriptCpuCoresMean": _mean([s["self_cpu_cores"] for s in window]),
+        "otherCpuCoresMean": _mean([s["other_cpu_cores"] for s in window]),
+        "interruptsCpuCoresMean": _mean([s["interrupts_cpu_cores"] for s in window]),
+        "stealCpuCoresMean": _mean([s["steal_cpu_cores"] for s in window]),
+        "cpuPressureMean": _mean(pressure),
         "cpuPressureMax": max(pressure, default=None),
         "machineCores": raw.get("window", {}).get("machineCores"),
         "slowProbes": slow,
@@ -284,10 +272,10 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
         "recordingsFinalized": len(finalized),
         "recordingsComplete": len(complete),
         "videoRecordedPctMin": min(pct["video"], default=None),
-        "videoRecordedPctMean": mean(pct["video"]),
+        "videoRecordedPctMean": _mean(pct["video"]),
         "audioRecordedPctMin": min(pct["audio"], default=None),
-        "audioRecordedPctMean": mean(pct["audio"]),
-        "startToFirstKeyframeSecondsMean": mean(startup),
+        "audioRecordedPctMean": _mean(pct["audio"]),
+        "startToFirstKeyframeSecondsMean": _mean(startup),
         "startToFirstKeyframeSecondsMax": max(startup, default=None),
         "allRecordingSeconds": raw.get("allRecordingSeconds"),
         "hangupSeconds": raw.get("hangupSeconds"),
@@ -425,9 +413,7 @@ def markdown(
         f"every {media_info['keyframeEveryFrames']} frames) + {media_info['audio']}, pre-encoded, "
         "published over loopback to `rtc-recorder serve --auto-record` (WebM).",
         "",
-        "| Metric | Value |",
-        "|---|---:|",
-        *(f"| {label} | {value} |" for label, value in rows),
+        *table(("Metric", "Value"), rows, "lr"),
         "",
         "| Target | Measured | Result |",
         "|---|---|---|",
@@ -475,9 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seconds", type=float, default=60.0, help="load window, once every session records"
     )
     parser.add_argument("--sessions-per-sender", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
-    parser.add_argument("--markdown", action="store_true", help="print the markdown table")
-    parser.add_argument("--keep-recordings", action="store_true", help="keep the recordings in OUT")
+    add_output_options(parser, "keep the recordings in OUT", "markdown table")
     parser.add_argument(
         "--drain", type=float, default=1.0, help="seconds between the senders pausing and hang-up"
     )
@@ -500,58 +484,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    stem = f"server_load-{started:%Y%m%d-%H%M%S}"
-    _log(f"preparing the media loop in {args.out} …")
-    media_path = media.prepare(media.MediaSpec(), args.out)
+    results = Results.begin("server_load", args, argv)
+    media_path = results.media()
     media_info = media.load(media_path).describe()
-    workdir = Path(tempfile.mkdtemp(prefix="server_load-"))
-    try:
+    with results.workdir() as workdir:
         try:
             raw = run_load(args, media_path, workdir)
         except (ChildError, BenchmarkError, OSError) as error:
             _log(f"benchmark failed: {error}")
-            with contextlib.suppress(OSError):
-                shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-                _log(f"server log: {args.out / f'{stem}.log'}")
+            results.keep(workdir / "server.log", ".log")
             return 1
         recordings = workdir / "recordings"
-        _log("checking the recordings with ffmpeg and PyAV …")
-        checked = verify(raw, recordings, media_path, args.decode)
+        checked = verify(raw.get("sent", {}), recordings, media_path, args.decode)
         summary = summarise(raw, checked, args.sessions)
         summary["serverLog"] = log_summary(workdir / "server.log")
-        shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
+        results.keep(workdir / "server.log", ".log")
         if args.keep_recordings:
-            kept = args.out / f"{stem}-recordings"
-            shutil.move(recordings, kept)
-            _log(f"recordings kept in {kept}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            results.keep(recordings, "-recordings")
 
-    table = markdown(command, summary, checked, media_info)
-    document = {
-        "command": command,
-        "started": started.isoformat(timespec="seconds"),
-        "environment": environment(),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "media": media_info,
-        "targets": {
+    table = markdown(results.command, summary, checked, media_info)
+    document = results.document(
+        args,
+        media=media_info,
+        targets={
             "healthzP99Ms": HEALTHZ_P99_TARGET_MS,
             "recordedPct": RECORDED_TARGET_PCT,
             "probeIntervalSeconds": PROBE_INTERVAL,
             "probeTimeoutSeconds": PROBE_TIMEOUT,
         },
-        "summary": summary,
-        "sessions": checked,
-        "raw": raw,
-    }
-    output = args.out / f"{stem}.json"
-    output.write_text(json.dumps(document, indent=1, default=str))
-    (args.out / f"{stem}.md").write_text(table + "\n")
-    _log(f"results: {output}")
+        summary=summary,
+        sessions=checked,
+        raw=raw,
+    )
+    results.save(document, table)
     if args.markdown:
         print(table)
     verdict = "PASS" if summary["pass"] else "FAIL"
@@ -563,9 +528,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # run_load's finally has ended the senders and the server by now.
-        print("interrupted: every process ended", file=sys.stderr)
-        sys.exit(130)
+    exit_with(main)

@@ -35,11 +35,12 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from .aiortc_order import video_first
 from .common import LOOPBACK, Channel, loopback_only, rtc_configuration, run_child
+from .lag import LagProbe
 
 KINDS = ("aiortc", "rtc-recorder")
 MEDIA_KINDS = ("video", "audio")
-LAG_PERIOD = 0.01  # seconds the lag probe sleeps
 STOP_TIMEOUT = 120.0  # for stopping every recorder at the end of a run
 CLOSE_TIMEOUT = 10.0  # for each step of the clean-up
 IDLE_SECONDS = 2.0  # before the first session: the idle CPU and the baseline RSS
@@ -100,22 +101,6 @@ class Session:
             self.finished = True
 
 
-class LagProbe:
-    """How late the event loop wakes a task sleeping :data:`LAG_PERIOD`, in seconds."""
-
-    def __init__(self) -> None:
-        self.recording = False
-        self.samples: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(LAG_PERIOD)
-            late = time.perf_counter() - before - LAG_PERIOD
-            if self.recording:
-                self.samples.append(max(0.0, late))
-
-
 class RssSampler:
     """The process' resident set size every ``interval`` seconds, with the phase it was in.
 
@@ -166,6 +151,11 @@ class RssSampler:
             self._stopping.wait(max(0.0, next_at - time.monotonic()))
 
 
+def file_name(number: int) -> str:
+    """The recording of session ``number``, in the recordings folder."""
+    return f"session-{number:03d}.webm"
+
+
 def _recorder_factory(kind: str) -> Any:
     """The recorder class; rtc-recorder must be imported before any RTCPeerConnection."""
     if kind == "aiortc":
@@ -205,13 +195,16 @@ class Receiver:
         if number in self.sessions or not 0 <= number < self.config.sessions:
             raise web.HTTPBadRequest(text=f"unexpected session {number}")
         pc = RTCPeerConnection(rtc_configuration())
-        path = self.directory / f"session-{number:03d}.webm"
+        path = self.directory / file_name(number)
         session = Session(number, pc, self.recorder_class(str(path)), path)
         self.sessions[number] = session
+        first_video = asyncio.Event()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             session.tracks.append(track)
+            if self.config.kind == "aiortc":
+                track = video_first(track, first_video)
             session.recorder.addTrack(track)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type=params["type"]))

@@ -8,7 +8,7 @@ import multiprocessing
 import platform
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,16 @@ def slope(points: Sequence[tuple[float, float]]) -> float | None:
     if spread == 0:
         return None
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> list[str]:
+    """The lines of a markdown table; ``align`` has an ``l`` or ``r`` per column."""
+    rule = "|" + "".join("---:|" if side == "r" else "---|" for side in align)
+    return [
+        "| " + " | ".join(header) + " |",
+        rule,
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def _percent(part: float, whole: float) -> float | None:

@@ -9,8 +9,12 @@ Talks to the orchestrator over its pipe: ``connected`` once every session is; th
 ``open`` (with a session ``number``), one more session is offered and ``opened`` answers
 with the server's status (a refusal is reported, not an error: its peer connection is
 closed); on ``pause`` all tracks stop handing out packets and the counts sent by the
-sessions the server took are reported (``sent``); on ``close`` (or a signal, or the pipe
-closing) the peer connections are closed.
+sessions the server took are reported (``sent``); on ``rtp`` each session's RTP
+statistics, as the receiver's first report after the pause gives them, are reported
+(``rtp``); on ``close`` (or a signal, or the pipe closing) the peer connections are closed.
+
+:func:`run_churn` is another process of the same kind, whose sessions come and go on
+request (``open`` -> ``opened``, ``hang_up`` -> ``hung_up``, then ``close``).
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .children import Children, groups
 from .common import Channel, loopback_only, rtc_configuration, run_child
 from .media import AUDIO_PACKET_SAMPLES, AUDIO_RATE, EncodedLoop, load
 
 CLOSE_TIMEOUT = 10.0
+REPORT_TIMEOUT = 3.0  # for the receiver's first RTCP report after the pause
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,40 @@ class Session:
             "serverSession": self.server_session,
         }
 
+    async def rtp(self, after: float) -> dict[str, dict[str, Any]]:
+        """Per kind, the RTP packets sent and those the receiver reported lost, from its
+        first receiver report (RTCP) at or after wall-clock time ``after`` (or its last one,
+        if none comes within :data:`REPORT_TIMEOUT`)."""
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while True:
+            result = await self._rtp()
+            reports = [kind.get("reportedAt") for kind in result.values()]
+            fresh = all(at is not None and at >= after for at in reports)
+            if (fresh and len(result) == 2) or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(0.1)
+
+    async def _rtp(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for rtp_sender in self.pc.getSenders():
+            kind = rtp_sender.track.kind if rtp_sender.track is not None else None
+            if kind is None:
+                continue
+            entry = result.setdefault(kind, {"packetsSent": 0, "packetsLost": None})
+            for stats in (await rtp_sender.getStats()).values():
+                if stats.type == "outbound-rtp":
+                    entry["packetsSent"] = stats.packetsSent
+                elif stats.type == "remote-inbound-rtp":
+                    entry["packetsLost"] = stats.packetsLost
+                    entry["reportedAt"] = stats.timestamp.timestamp()
+        return result
+
+    async def close(self) -> None:
+        """Stop the tracks and close the peer connection."""
+        self.video.stop()
+        self.audio.stop()
+        await self.pc.close()
+
 
 def _prefer(pc: RTCPeerConnection) -> None:
     """Offer VP8 (with its RTX) and Opus only, so both recorders get the same codecs."""
@@ -226,17 +266,22 @@ async def _main(channel: Channel, config: SenderConfig) -> None:
             opened = await _open_one(message["number"], media, gate, http, config, sessions)
             channel.send({"type": "opened", **opened})
         gate.open = False
+        paused = time.time()
         channel.send(
             {"type": "sent", "sessions": {str(s.number): s.counts() for s in sessions}},
         )
-        await channel.receive("close")
+        while (await channel.receive("rtp", "close"))["type"] == "rtp":
+            reports = await asyncio.gather(*(s.rtp(after=paused) for s in sessions))
+            numbers = [str(s.number) for s in sessions]
+            channel.send({"type": "rtp", "sessions": dict(zip(numbers, reports, strict=True))})
     finally:
         await http.close()
-        for session in sessions:
-            session.video.stop()
-            session.audio.stop()
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await asyncio.gather(*(s.pc.close() for s in sessions), return_exceptions=True)
+        await _close_all(sessions)
+
+
+async def _close_all(sessions: list[Session]) -> None:
+    async with asyncio.timeout(CLOSE_TIMEOUT):
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
 
 async def _open_one(
@@ -271,3 +316,77 @@ async def _open_one(
 def run(connection: Connection, config: SenderConfig) -> None:
     """Process entry point."""
     run_child(connection, lambda channel: _main(channel, config))
+
+
+def start_senders(
+    children: Children,
+    offer_url: str,
+    sessions: int,
+    per_process: int,
+    media_path: Path,
+    connect_timeout: float,
+) -> list[str]:
+    """Start sender processes (``sender-0``, ``sender-1`` ...) for sessions ``0 .. sessions
+    - 1``, ``per_process`` each, offering to ``offer_url``; their names."""
+    for index, numbers in enumerate(groups(sessions, per_process)):
+        config = SenderConfig(index, offer_url, numbers, str(media_path), connect_timeout)
+        children.start(f"sender-{index}", run, config)
+    return children.names("sender-")
+
+
+@dataclass(frozen=True)
+class ChurnSenderConfig:
+    """A sending process whose sessions the orchestrator opens and hangs up in batches."""
+
+    offer_url: str
+    media_path: str
+    connect_timeout: float
+
+
+async def _churn(channel: Channel, config: ChurnSenderConfig) -> None:
+    """``open`` (session numbers) -> ``opened`` (number -> the server's session id, once
+    connected); ``hang_up`` (numbers; the server has hung up already) -> ``hung_up`` (what
+    each sent), their peer connections closed; until ``close``."""
+    loopback_only()
+    media = load(Path(config.media_path))
+    live: dict[int, Session] = {}
+    timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while (message := await channel.receive("open", "hang_up", "close"))["type"] != "close":
+                if message["type"] == "open":
+                    opened = await _open_batch(message["sessions"], media, http, config, live)
+                    channel.send({"type": "opened", "sessions": opened})
+                else:
+                    ending = [live.pop(number) for number in message["sessions"]]
+                    counts = {str(s.number): s.counts() for s in ending}
+                    await _close_all(ending)
+                    channel.send({"type": "hung_up", "sessions": counts})
+    finally:
+        await _close_all(list(live.values()))
+
+
+async def _open_batch(
+    numbers: list[int],
+    media: EncodedLoop,
+    http: aiohttp.ClientSession,
+    config: ChurnSenderConfig,
+    live: dict[int, Session],
+) -> dict[str, str | None]:
+    """Open sessions ``numbers`` at once (into ``live``, even those that fail, so they are
+    closed); the server's session id of each, once all are connected."""
+    opened: list[Session] = []
+    try:
+        async with asyncio.timeout(config.connect_timeout), asyncio.TaskGroup() as group:
+            for number in numbers:
+                group.create_task(
+                    _open_session(number, media, Gate(), http, config.offer_url, opened)
+                )
+    finally:
+        live.update((session.number, session) for session in opened)
+    return {str(s.number): s.server_session for s in opened}
+
+
+def run_churn(connection: Connection, config: ChurnSenderConfig) -> None:
+    """Process entry point of a churning sender."""
+    run_child(connection, lambda channel: _churn(channel, config))

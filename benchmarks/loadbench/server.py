@@ -1,12 +1,14 @@
-"""``rtc-recorder serve`` run by a benchmark: the server process (through
-``benchmarks/loopback_server.py``), its HTTP API, hanging up, and the sidecars and log it
-leaves."""
+"""``rtc-recorder serve`` as the benchmarks run it: a subprocess on 127.0.0.1 through
+``benchmarks/loopback_server.py``, its HTTP API, its recordings folder, and the checks
+made on its files afterwards."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
 import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,18 +16,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from .common import LOOPBACK
 
-CHECKOUT = Path(__file__).resolve().parent.parent.parent
-SERVER_WRAPPER = CHECKOUT / "benchmarks" / "loopback_server.py"
-
-SERVER_READY_TIMEOUT = 30.0
-SERVER_STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server gives recordings 20 s by default)
-
+BENCHMARKS = Path(__file__).resolve().parent.parent
+CHECKOUT = BENCHMARKS.parent
+SERVER_WRAPPER = BENCHMARKS / "loopback_server.py"
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server gives recordings 20 s by default)
 HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
 
 
@@ -40,33 +42,42 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class Server:
-    """``rtc-recorder serve --auto-record [EXTRA...]`` as a subprocess, through the loopback
-    wrapper.
+class ServerProcess:
+    """``rtc-recorder serve`` as a subprocess, through the loopback wrapper, recording into
+    ``recordings``, logging JSON lines to ``log_path``.
 
-    It runs in a session of its own (a Ctrl-C in the terminal does not reach it: this
-    process sends the one SIGTERM that finalizes the recordings) and with its stdin a pipe
-    from this process: if this process dies, the pipe closes and the server stops itself.
+    ``serve_args`` are added to ``serve``'s (``--auto-record``, say); ``wrapper_args`` are
+    the wrapper's own options (``--recorder aiortc``, ``--lag-file F``).
+
+    It runs in a session of its own (a Ctrl-C in the terminal does not reach it: the
+    benchmark sends the one SIGTERM that finalizes the recordings) and with its stdin a
+    pipe from the benchmark: if the benchmark dies, the pipe closes and the server stops
+    itself.
     """
 
     def __init__(
-        self, port: int, recordings: Path, log_path: Path, extra: Sequence[str] = ()
+        self,
+        recordings: Path,
+        log_path: Path,
+        serve_args: Sequence[str] = (),
+        wrapper_args: Sequence[str] = (),
+        port: int | None = None,
     ) -> None:
-        self.port = port
+        self.port = port or free_port()
         self.recordings = recordings
         self.log_path = log_path
         self.command = [
             sys.executable,
             str(SERVER_WRAPPER),
             "--stop-on-stdin-eof",
+            *wrapper_args,
             "--port",
-            str(port),
+            str(self.port),
             "--recordings",
             str(recordings),
-            "--auto-record",
             "--log-format",
             "json",
-            *extra,
+            *serve_args,
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
@@ -97,19 +108,43 @@ class Server:
         if code is not None:
             raise BenchmarkError(f"the server exited (status {code}); see {self.log_path}")
 
-    def request(self, method: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-        """One HTTP request to the server: its status and JSON body."""
-        request = urllib.request.Request(self.url(path), method=method)
+    def request(
+        self, method: str, path: str, timeout: float = 10.0, body: Any = None
+    ) -> tuple[int, Any]:
+        """One HTTP request to the server (``body``, if given, sent as JSON): its status
+        and JSON body."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url(path), data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
-            body = error.read()
+            content = error.read()
             with contextlib.suppress(ValueError):
-                return error.code, json.loads(body or b"null")
-            return error.code, body.decode(errors="replace")
+                return error.code, json.loads(content or b"null")
+            return error.code, content.decode(errors="replace")
 
-    def wait_ready(self, timeout: float) -> float:
+    def request_all(
+        self, method: str, paths: Sequence[str], timeout: float = 10.0
+    ) -> dict[str, dict[str, Any]]:
+        """``method`` on every path at once (a thread each): per path its ``status``
+        (None if the request failed), ``body`` and ``seconds``."""
+
+        def one(path: str) -> dict[str, Any]:
+            started = time.monotonic()
+            status: int | None
+            try:
+                status, body = self.request(method, path, timeout=timeout)
+            except OSError as error:
+                status, body = None, repr(error)
+            return {"status": status, "body": body, "seconds": time.monotonic() - started}
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(paths))) as pool:
+            return dict(zip(paths, pool.map(one, paths), strict=True))
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
         """Seconds until ``/healthz`` answers."""
         started = time.monotonic()
         while True:
@@ -129,7 +164,37 @@ class Server:
             raise BenchmarkError(f"/api/sessions answered {status}: {body}")
         return body
 
-    def stop(self, timeout: float) -> dict[str, Any]:
+    def wait_sessions(
+        self,
+        count: int,
+        recorder_state: str | None,
+        timeout: float,
+        ids: Collection[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """``/api/sessions`` once ``count`` sessions (of ``ids``, if given) are connected
+        and their recorder in ``recorder_state`` (if given)."""
+        started = time.monotonic()
+        while True:
+            self.check()
+            listed = self.sessions()
+            ready = [
+                s
+                for s in listed
+                if s["connectionState"] == "connected"
+                and (recorder_state is None or s["recorderState"] == recorder_state)
+                and (ids is None or s["id"] in ids)
+            ]
+            if len(ready) >= count:
+                return listed
+            if time.monotonic() - started > timeout:
+                states = [(s["id"], s["connectionState"], s["recorderState"]) for s in listed]
+                wanted = f"connected and {recorder_state}" if recorder_state else "connected"
+                raise BenchmarkError(
+                    f"{len(ready)} of {count} sessions {wanted} after {timeout:g} s: {states}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> dict[str, Any]:
         """SIGTERM, then wait for the exit: its status and how long it took."""
         assert self.process is not None
         started = time.monotonic()
@@ -144,12 +209,12 @@ class Server:
         return {"exitCode": code, "seconds": time.monotonic() - started, "killed": killed}
 
     def close(self) -> None:
-        """Leave no server running (SIGTERM, then SIGKILL after :data:`SERVER_STOP_TIMEOUT`)."""
+        """Leave no server running (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`)."""
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
                 try:
-                    self.process.wait(SERVER_STOP_TIMEOUT)
+                    self.process.wait(STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait(10)
@@ -158,45 +223,6 @@ class Server:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-
-def wait_recording(server: Server, count: int, timeout: float) -> list[dict[str, Any]]:
-    """``/api/sessions`` once ``count`` sessions are connected and recording."""
-    started = time.monotonic()
-    while True:
-        server.check()
-        listed = server.sessions()
-        recording = [
-            s
-            for s in listed
-            if s["connectionState"] == "connected" and s["recorderState"] == "recording"
-        ]
-        if len(recording) >= count:
-            return listed
-        if time.monotonic() - started > timeout:
-            states = [(s["id"], s["connectionState"], s["recorderState"]) for s in listed]
-            raise BenchmarkError(
-                f"{len(recording)} of {count} sessions recording after {timeout:g} s: {states}"
-            )
-        time.sleep(0.1)
-
-
-def hang_up(server: Server, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """``DELETE /api/sessions/{id}`` for every session at once (each answers once its
-    recording is finalized): status and seconds per session."""
-
-    def delete(session_id: str) -> dict[str, Any]:
-        started = time.monotonic()
-        try:
-            status, body = server.request(
-                "DELETE", f"/api/sessions/{session_id}", timeout=HANGUP_TIMEOUT
-            )
-        except OSError as error:
-            status, body = None, repr(error)
-        return {"status": status, "body": body, "seconds": time.monotonic() - started}
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(ids))) as pool:
-        return dict(zip(ids, pool.map(delete, ids), strict=True))
 
 
 def sidecars(folder: Path) -> dict[str, dict[str, Any]]:
@@ -224,6 +250,26 @@ def wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
             break
         time.sleep(0.2)
     return time.monotonic() - started
+
+
+def ffmpeg_errors(path: Path) -> str:
+    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
+    result = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode and not output:
+        output = f"ffmpeg exited with status {result.returncode}"
+    return output
+
+
+def ffmpeg_all(paths: Sequence[Path]) -> dict[Path, str]:
+    """:func:`ffmpeg_errors` of every path, one ffmpeg per core at a time."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(paths, pool.map(ffmpeg_errors, paths), strict=True))
 
 
 def log_summary(path: Path) -> dict[str, Any]:
