@@ -304,32 +304,54 @@ class SyncTrace:
             onsets.append((first, at))
         return onsets
 
+    def time_of(self, number: int) -> float:
+        """Output time of source frame ``number``: that of the picture showing it, or if
+        none does, of the readable picture nearest in frame numbers, moved by the frames
+        between at 30 fps."""
+        readable = [p for p in self.pictures if p.number is not None]
+        if not readable:
+            raise ValueError("no readable picture")
+        nearest = min(readable, key=lambda p: abs(self._unwrapped(p.number, number) - number))
+        return nearest.time + (number - self._unwrapped(nearest.number, number)) / FPS
+
     def _unwrapped(self, number: int | None, near: int) -> int:
         """``number`` on a scale without the loop's wrap, as seen from ``near``."""
         assert number is not None
         half = self.loop_frames // 2
         return near + (number - near + half) % self.loop_frames - half
 
-    def offsets(self) -> list[Flash]:
-        """Each flash that has a beep within 450 ms and lies at least 150 ms from any
-        pause cut, with its beep's offset."""
+    def offsets(self, expected: dict[int, float] | None = None) -> list[Flash]:
+        """Each flash that lies at least 150 ms from any pause cut, with its beep's offset:
+        the beep nearest the flash, within 450 ms. ``expected`` (offsets by frame number,
+        e.g. another recording's of the same source) moves the aim for the flashes it
+        names: the beep nearest where the expected offset puts it (within 450 ms) is the
+        same beep of the source when a busy machine moved beeps half a second from their
+        flashes, where the beep nearest the flash may be the next one."""
         cut_times = [cut.after.time for cut in self.cuts()]
+        beeps = np.array(self.beeps)
         flashes = []
         for number, flash in self.flash_onsets():
             if any(abs(flash - at) < _NEAR_CUT for at in cut_times) or not self.beeps:
                 continue
-            beep = self.beeps[int(np.argmin(np.abs(np.array(self.beeps) - flash)))]
-            if abs(beep - flash) <= _PAIRING:
+            aim = flash + (expected or {}).get(number, 0.0)
+            beep = float(beeps[int(np.argmin(np.abs(beeps - aim)))])
+            if abs(beep - aim) <= _PAIRING:
                 flashes.append(Flash(number, flash, beep - flash))
         return flashes
 
-    def segments(self, windows: list[tuple[float, float]] | None = None) -> list[list[Flash]]:
-        """The measured flashes of each stretch between pause cuts (before the first cut,
-        after it, ...), or of each output-time window of ``windows``."""
+    def segments(
+        self,
+        windows: list[tuple[float, float]] | None = None,
+        expected: dict[int, float] | None = None,
+    ) -> list[list[Flash]]:
+        """The measured flashes (see :meth:`offsets`) of each stretch between pause cuts
+        (before the first cut, after it, ...), or of each output-time window of
+        ``windows``."""
         if windows is None:
             edges = [0.0, *(cut.after.time for cut in self.cuts()), float("inf")]
             windows = list(pairwise(edges))
-        return [[f for f in self.offsets() if start <= f.time < end] for start, end in windows]
+        measured = self.offsets(expected)
+        return [[f for f in measured if start <= f.time < end] for start, end in windows]
 
 
 def trace_recording(path: Path) -> SyncTrace:
@@ -348,17 +370,18 @@ def describe_segments(
     reference: SyncTrace | None = None,
 ) -> str:
     """One line per segment (see :meth:`SyncTrace.segments`): each flash's offset in
-    milliseconds, and with ``reference`` the difference from the reference's offset for
-    the same source flash; then the trace's discontinuities."""
+    milliseconds, and with ``reference`` (flashes paired with beeps as the reference's
+    offsets expect) the difference from the reference's offset for the same source
+    flash; then the trace's discontinuities."""
     lines = []
-    segments = trace.segments(windows)
-    theirs = {f.number: f.offset for f in reference.offsets()} if reference else {}
+    theirs = {f.number: f.offset for f in reference.offsets()} if reference else None
+    segments = trace.segments(windows, theirs)
     labels = ["before pause 1", *[f"after pause {n + 1}" for n in range(len(segments) - 1)]]
     for label, flashes in zip(labels, segments, strict=True):
         figures = []
         for flash in flashes:
             figure = f"#{flash.number} {1000 * flash.offset:+.1f}"
-            if flash.number in theirs:
+            if theirs is not None and flash.number in theirs:
                 figure += f" ({1000 * (flash.offset - theirs[flash.number]):+.1f})"
             figures.append(figure)
         offsets = [f.offset for f in flashes]

@@ -8,7 +8,7 @@ import fractions
 import math
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,49 +234,81 @@ def decoded_pictures(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
                 yield float(frame.pts * frame.time_base), frame.to_ndarray(format="gray")
 
 
-def decoded_sound(path: str | Path) -> list[tuple[float, int, np.ndarray]]:
-    """A file's audio decoded, first channel only, on a 16-bit scale, as runs of
-    contiguous samples: (start time in seconds, sample rate, samples). A new run starts
-    wherever a decoded frame does not begin where the previous one ended."""
+SoundRun = tuple[float, int, np.ndarray]  # (start in seconds, sample rate, samples)
+
+
+def contiguous_runs(
+    blocks: Iterable[tuple[float, int, np.ndarray]], tolerance: float | None = None
+) -> list[SoundRun]:
+    """Blocks of sound, (start in seconds, sample rate, samples) in time order, joined into
+    runs of contiguous samples: a new run starts wherever a block does not begin where the
+    previous one ended, within ``tolerance`` seconds (half a sample by default)."""
     runs: list[tuple[float, int, list[np.ndarray]]] = []
-    end = None
+    end = 0.0
+    for start, rate, samples in blocks:
+        allowed = 0.5 / rate + 1e-6 if tolerance is None else tolerance
+        if not runs or rate != runs[-1][1] or abs(start - end) > allowed:
+            runs.append((start, rate, []))
+        runs[-1][2].append(samples)
+        end = start + len(samples) / rate
+    return [(start, rate, np.concatenate(parts)) for start, rate, parts in runs]
+
+
+def decoded_sound(path: str | Path) -> list[SoundRun]:
+    """A file's audio decoded, first channel only, on a 16-bit scale, as runs of
+    contiguous samples (see :func:`contiguous_runs`)."""
+    return contiguous_runs(_decoded_blocks(path))
+
+
+def _decoded_blocks(path: str | Path) -> Iterator[tuple[float, int, np.ndarray]]:
     with av.open(str(path)) as source:
         for frame in source.decode(audio=0):
             if frame.pts is None:
                 continue
-            start = float(frame.pts * frame.time_base)
             samples = frame.to_ndarray()
             scale = 32768.0 if np.issubdtype(samples.dtype, np.floating) else 1.0
             channel = (samples[0] if samples.ndim > 1 else samples).astype(np.float64) * scale
             if not frame.format.is_planar and len(frame.layout.channels) > 1:
                 channel = channel[:: len(frame.layout.channels)]
-            if end is None or abs(start - end) > 0.5 / frame.sample_rate + 1e-6:
-                runs.append((start, frame.sample_rate, []))
-            runs[-1][2].append(channel)
-            end = start + frame.samples / frame.sample_rate
-    return [(start, rate, np.concatenate(parts)) for start, rate, parts in runs]
+            yield float(frame.pts * frame.time_base), frame.sample_rate, channel
 
 
 def beep_onsets(path: str | Path, loud: float = 3000.0, spacing: float = 0.5) -> list[float]:
+    """Times at which beeps start in a file's sound (see :func:`beep_onsets_in`)."""
+    return beep_onsets_in(decoded_sound(path), loud, spacing)
+
+
+def beep_onsets_in(
+    runs: list[SoundRun], loud: float = 3000.0, spacing: float = 0.5, whole: bool = True
+) -> list[float]:
     """Times at which beeps start, to the sample: a beep is found where the RMS of 5 ms
     of sound exceeds ``loud`` (on a 16-bit scale) at least ``spacing`` seconds after the
     previous one; it starts at the first sample (looking from 5 ms before) whose magnitude
     reaches 30 % of the beep's peak over the next 20 ms (a tone starting at any phase
-    crosses that within a twentieth of its period: 0.05 ms, 2-3 samples, at 1 kHz)."""
+    crosses that within a twentieth of its period: 0.05 ms, 2-3 samples, at 1 kHz).
+
+    ``whole``: the runs hold whole beeps, so one may start at a run's first sample (a
+    file's sound starts where its source did). Otherwise a run that starts loud started
+    inside a beep (sound was lost before it), and that beep is not counted."""
     onsets: list[float] = []
-    for start, rate, samples in decoded_sound(path):
+    previous = -math.inf  # the last onset, or the start of a run that began in a beep
+    for start, rate, samples in runs:
         block = rate // 200
         count = len(samples) // block
         if not count:
             continue
         energy = np.sqrt(np.mean(samples[: count * block].reshape(count, block) ** 2, axis=1))
         for index in np.flatnonzero(energy > loud):
-            first = max(0, (index - 1) * block)
-            if onsets and start + (index + 1) * block / rate - onsets[-1] < spacing:
+            if start + (index + 1) * block / rate - previous < spacing:
                 continue
+            if index == 0 and not whole:
+                previous = start
+                continue
+            first = max(0, (index - 1) * block)
             window = np.abs(samples[first : index * block + 4 * block])
             onset = first + int(np.argmax(window >= 0.3 * window.max()))
-            onsets.append(start + onset / rate)
+            previous = start + onset / rate
+            onsets.append(previous)
     return onsets
 
 

@@ -13,7 +13,10 @@ import pytest
 from .browser_media import (
     AUDIO_RATE,
     FPS,
+    Picture,
+    SyncTrace,
     code_cells,
+    is_flash_frame,
     read_frame_number,
     source_picture,
     sync_samples,
@@ -100,3 +103,31 @@ def test_a_pause_cut_is_found_where_frame_numbers_jump_and_splits_the_segments(
     segments = trace.segments()
     assert [[f.number for f in s] for s in segments] == [[30, 60], [150, 180, 210]]
     assert all(f.offset == pytest.approx(-0.02, abs=5e-4) for s in segments for f in s)
+
+
+def test_an_expected_offset_pairs_each_flash_with_the_same_source_beep() -> None:
+    # Beeps 560 ms after their flashes: the beep nearest each flash is the one before.
+    pictures = [Picture(n / FPS, n, is_flash_frame(n)) for n in range(200)]
+    trace = SyncTrace(pictures, [k + 0.56 for k in range(7)])
+    assert [(f.number, round(f.offset, 3)) for f in trace.offsets()] == [
+        (30, -0.44),
+        (60, -0.44),
+        (90, -0.44),
+        (120, -0.44),
+        (150, -0.44),
+        (180, -0.44),
+    ]
+    expected = {30: 0.5, 60: 0.5, 90: 0.4}
+    measured = [(f.number, round(f.offset, 3)) for f in trace.offsets(expected)]
+    assert measured[:4] == [(30, 0.56), (60, 0.56), (90, 0.56), (120, -0.44)]
+
+
+def test_a_frame_no_picture_shows_is_placed_from_the_nearest_one_at_30_fps() -> None:
+    pictures = [Picture(1 + n / FPS, n, False) for n in range(10) if n != 5]
+    pictures.insert(2, Picture(1.05, None, False))  # unreadable pictures are not used
+    trace = SyncTrace(pictures, [])
+    assert trace.time_of(3) == 1 + 3 / FPS
+    assert trace.time_of(5) == pytest.approx(1 + 5 / FPS, abs=1e-12)
+    assert trace.time_of(12) == pytest.approx(1 + 12 / FPS, abs=1e-12)
+    with pytest.raises(ValueError, match="no readable picture"):
+        SyncTrace([Picture(0.0, None, False)], []).time_of(3)

@@ -1,29 +1,36 @@
-"""Lip sync of a real browser's media through the server, against the browser's own
-recording of the same source in the same run.
+"""Lip sync of a real browser's media through the server, against the instants Chromium's
+own capture stamped on the same source in the same run.
 
 Chromium publishes a file-fed camera and microphone (a white flash and a beep at every
 whole second, frame numbers in the picture: see :mod:`tests.browser_media`) through the
 page to ``rtc-recorder serve``, which records with pauses from the page's controls. At
-the same time the browser's own ``MediaRecorder`` records the very stream the page sends
-(the preview's ``srcObject``), without pauses. The browser's recording is the reference:
-its flash→beep offset is where Chromium's own clocks put the sound against the picture,
-after capture and audio processing, and the server's recording must keep it, before and
-after every pause. (The browser's recorder is not paused: Chromium's own pause handling
-moves its offset by a few milliseconds, which would blur the reference.)
+the same time a tap in the page collects the capture timestamps of the very tracks the
+page sends (:mod:`tests.chromium_capture`): for each source flash, the beep's stamp less
+the flash's is where Chromium's capture put the sound against the picture. Chromium's
+WebRTC sender states those same instants in its RTCP sender reports, and its own receiver
+reads them back; the server's recording must keep them, before and after every pause.
+
+Chromium's ``MediaRecorder`` also records the stream, without pauses; its file is decoded
+and its offsets printed against the capture's, but it is no reference: its WebM/Opus
+encoder stamps sound 40 ms late (and writes no Opus pre-skip: 6.5 ms more), so it puts
+every beep 46-47 ms later than the capture did.
 
 The comparison is flash by flash: each flash is known by its source frame number in
-both files. Chromium's file-fed devices do not hold their own A/V phase on a busy
-machine (at a load average of 4-5 the browser's own recording moved by 20-40 ms within
-one run, and the server's recording moved with it, flash for flash), so what is held to
-10 ms across the pauses is the server's offset *relative to the browser's for the same
-flash*; on a quiet machine, where the browser's offset holds within a millisecond or
-two, that is the server's offset itself.
+both. Chromium's file-fed devices do not hold their own A/V phase on a busy machine (at a
+load average of 4-10 the capture's offset moves by tens, even hundreds of milliseconds
+within one run, and the server's recording moves with it, flash for flash), so what is
+held to 10 ms across the pauses is the server's offset *relative to the capture's for the
+same flash*. That difference is 4-8 ms: the Opus encoder's 6.5 ms look-ahead, which RTP
+timestamps do not count and a decoder plays (Chromium's receiver as much as the server's
+file, whose Opus pre-skip is 0).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from playwright.async_api import Page, expect
@@ -38,14 +45,23 @@ from .chromium import (
     recorded_seconds,
     wait_recorded,
 )
+from .chromium_capture import (
+    BYTES_TO_BASE64,
+    CaptureTap,
+    ClockOffset,
+    performance_offset,
+    start_capture_tap,
+    stop_capture_tap,
+    trace_tap,
+)
 from .media import ffmpeg_errors
 from .server_support import server_process
 
 PAUSES = 3
 PAUSE_SECONDS = 2.0  # how long each pause lasts: the test's input
 RECORD_SECONDS = 2.2  # recorded before, between and after the pauses (two flashes each)
-SPREAD_LIMIT = 0.010  # the server's offsets, less the browser's, agree within this...
-BROWSER_LIMIT = 0.020  # ...and each is the browser's within this
+SPREAD_LIMIT = 0.010  # the server's offsets, less the capture's, agree within this...
+CAPTURE_LIMIT = 0.020  # ...and each is the capture's within this
 CUT_LIMIT = 0.070  # a cut removes the pause's length within two frame intervals
 KEYFRAME_WAIT_LIMIT = 0.200  # output time from the last frame before a cut to the next
 
@@ -61,26 +77,40 @@ START_LOCAL_RECORDER = """() => new Promise((resolve, reject) => {
     recorder.onerror = (event) => reject(String(event.error));
     recorder.start(1000);
 })"""
-STOP_LOCAL_RECORDER = """() => new Promise((resolve) => {
+STOP_LOCAL_RECORDER = (
+    """() => new Promise((resolve) => {
+    const base64 = """
+    + BYTES_TO_BASE64
+    + """;
     const { recorder, chunks } = window.localRecording;
     recorder.onstop = async () => {
-        const bytes = new Uint8Array(await new Blob(chunks).arrayBuffer());
-        let text = '';
-        for (let i = 0; i < bytes.length; i += 8192) {
-            text += String.fromCharCode(...bytes.subarray(i, i + 8192));
-        }
-        resolve(btoa(text));
+        resolve(base64(new Uint8Array(await new Blob(chunks).arrayBuffer())));
     };
     recorder.stop();
 })"""
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the browser gave besides the server's recording: its own recording, the
+    capture tap, the page's clock against this machine's, and the instants (the
+    browser's wall clock) its recorder started and the server paused and resumed."""
+
+    recording: Path
+    tap: CaptureTap
+    clock: ClockOffset
+    local_start: float
+    pauses: list[tuple[float, float]]
 
 
 async def record_with_pauses(page: Page) -> tuple[float, list[tuple[float, float]]]:
-    """Starts the browser's own recorder, then with the page's buttons: Start, then Pause
-    and Resume :data:`PAUSES` times. Returns when the browser's recorder started, and
-    when the server carried out each pause and its resume (seconds, the browser's
-    wall clock)."""
+    """Starts the capture tap and the browser's own recorder, then with the page's
+    buttons: Start, then Pause and Resume :data:`PAUSES` times. Returns when the
+    browser's recorder started, and when the server carried out each pause and its
+    resume (seconds, the browser's wall clock)."""
     pauses = []
+    await start_capture_tap(page)
     local_start = await page.evaluate(START_LOCAL_RECORDER)
     await click_timed(page, "Start", "start")
     await expect_state(page, "recording")
@@ -96,8 +126,9 @@ async def record_with_pauses(page: Page) -> tuple[float, list[tuple[float, float
     return local_start, pauses
 
 
-async def stop_both(page: Page, recordings: Path) -> tuple[Path, Path]:
-    """Stops the server's recording and the browser's; both files once complete."""
+async def stop_all(page: Page, recordings: Path) -> tuple[Path, Path, CaptureTap]:
+    """Stops the server's recording, the browser's and the tap; both files once
+    complete, and what the tap collected."""
     name = await page.locator("#current-file").inner_text()
     await click_timed(page, "Stop", "stop")
     await expect_state(page, "inactive")
@@ -105,31 +136,12 @@ async def stop_both(page: Page, recordings: Path) -> tuple[Path, Path]:
     await expect(row).to_have_attribute("data-state", "complete")
     local = recordings.parent / "browser.webm"
     local.write_bytes(base64.b64decode(await page.evaluate(STOP_LOCAL_RECORDER)))
-    return recordings / name, local
+    return recordings / name, local, await stop_capture_tap(page)
 
 
-def spread(values: list[float]) -> float:
-    return max(values) - min(values)
-
-
-def chromium_decode_errors(ffmpeg_said: str) -> list[str]:
-    """What ffmpeg said about a file of Chromium's own MediaRecorder, less the one
-    complaint its timestamps earn by design: Chromium stamps each video frame with the
-    instant it was delivered (±15 ms around the frame grid), and ffmpeg's null muxer,
-    which puts video on a 1/30 s grid, then sees two frames on one tick ("non
-    monotonically increasing dts to muxer"). Every other message counts."""
-    return [
-        line
-        for line in ffmpeg_said.splitlines()
-        if "non monotonically increasing dts to muxer" not in line
-    ]
-
-
-async def test_server_recording_keeps_the_browsers_flash_to_beep_offset_across_pauses(
-    tmp_path: Path,
-) -> None:
-    flags = await asyncio.to_thread(fake_capture_args, tmp_path)
-    recordings = tmp_path / "recordings"
+async def run_browser(recordings: Path, flags: list[str]) -> tuple[Path, Run]:
+    """The server records the page's camera and microphone with pauses while the
+    browser records them itself and taps their capture; the server's file and the rest."""
     async with (
         server_process(recordings) as (_, base),
         launched_chromium(*flags) as browser,
@@ -141,43 +153,97 @@ async def test_server_recording_keeps_the_browsers_flash_to_beep_offset_across_p
         await page.goto(base)
         await connect(page)
         local_start, pauses = await record_with_pauses(page)
-        served, local = await stop_both(page, recordings)
+        served, local, tap = await stop_all(page, recordings)
+        clock = await performance_offset(page)
         assert not errors, f"JavaScript errors on the page: {errors}"
+    return served, Run(local, tap, clock, local_start, pauses)
 
-    errors_served, errors_local = ffmpeg_errors(served), ffmpeg_errors(local)
+
+def spread(values: list[float]) -> float:
+    return max(values) - min(values)
+
+
+def against(trace: SyncTrace, reference: SyncTrace) -> list[float]:
+    """Each flash's offset in ``trace`` less the reference's for the same flash."""
+    theirs = {flash.number: flash.offset for flash in reference.offsets()}
+    return [f.offset - theirs[f.number] for f in trace.offsets(theirs) if f.number in theirs]
+
+
+def describe_differences(name: str, differences: list[float]) -> str:
+    if not differences:
+        return f"{name}: no flash in common"
+    mean = 1000 * sum(differences) / len(differences)
+    return (
+        f"{name}: mean {mean:+.1f} ms, from {1000 * min(differences):+.1f} "
+        f"to {1000 * max(differences):+.1f} ({len(differences)} flashes)"
+    )
+
+
+def report(server: SyncTrace, capture: SyncTrace, browser: SyncTrace, run: Run) -> str:
+    """Each trace by segment: the capture's and the browser recorder's in stretches
+    matching the server's segments, the server's and the recorder's against the capture's
+    for the same flash."""
+    edges = [run.local_start, *(t for pause in run.pauses for t in pause), float("inf")]
+    # The recorder's own time counts from its start; the capture's is this machine's
+    # monotonic clock (the browser's wall clock is this machine's).
+    recorder_windows = [
+        (edges[i] - run.local_start, edges[i + 1] - run.local_start) for i in (0, 2, 4, 6)
+    ]
+    wall_to_monotonic = time.monotonic() - time.time()
+    capture_windows = [
+        (edges[i] + wall_to_monotonic, edges[i + 1] + wall_to_monotonic) for i in (0, 2, 4, 6)
+    ]
+    return "\n".join(
+        [
+            describe_segments("capture ", capture, capture_windows),
+            describe_segments("server  ", server, reference=capture),
+            describe_segments("recorder", browser, recorder_windows, reference=capture),
+            describe_differences("server against the capture", against(server, capture)),
+            describe_differences("recorder against the capture", against(browser, capture)),
+            f"page clock against this machine's: within {1000 * run.clock.uncertainty:.1f} ms",
+        ]
+    )
+
+
+async def test_server_recording_keeps_chromiums_captured_flash_to_beep_offset_across_pauses(
+    tmp_path: Path,
+) -> None:
+    flags = await asyncio.to_thread(fake_capture_args, tmp_path)
+    served, run = await run_browser(tmp_path / "recordings", flags)
+
+    errors_served, errors_local = ffmpeg_errors(served), ffmpeg_errors(run.recording)
     server: SyncTrace = await asyncio.to_thread(trace_recording, served)
-    browser_trace: SyncTrace = await asyncio.to_thread(trace_recording, local)
-    lengths = [resumed - paused for paused, resumed in pauses]
-    # The browser's recording in stretches matching the server's segments (its own time:
-    # seconds since its recorder started).
-    edges = [local_start, *(t for pause in pauses for t in pause), float("inf")]
-    windows = [(edges[i] - local_start, edges[i + 1] - local_start) for i in range(0, 8, 2)]
+    browser: SyncTrace = await asyncio.to_thread(trace_recording, run.recording)
+    capture = trace_tap(run.tap, run.clock.seconds)
+    lengths = [resumed - paused for paused, resumed in run.pauses]
+    summary = report(server, capture, browser, run)
     print()
-    print(describe_segments("browser", browser_trace, windows))
-    print(describe_segments("server ", server, reference=browser_trace))
+    print(summary)
     print("pauses (server, browser clock):", ", ".join(f"{1000 * s:.0f} ms" for s in lengths))
     print("ffmpeg, server's file:", errors_served.splitlines()[:2] or "clean")
     print("ffmpeg, browser's file:", errors_local.splitlines()[:2] or "clean")
 
-    assert not errors_served, errors_served
-    assert not chromium_decode_errors(errors_local), errors_local
-
-    # Each pause is cut out: frame numbers jump by the pause while output time goes on by
-    # a frame interval, plus the frames that went by while video waited for the keyframe
-    # asked for at resume (a round trip on loopback and an encode).
+    # Each pause is cut out: between the last frame before a cut and the first after it,
+    # output time goes on by the pause's length less than capture time did (the tap's
+    # stamps keep the real pace where a busy machine makes the file-fed camera fall
+    # behind its frame numbers), and by little: a frame interval, plus the frames that
+    # went by while video waited for the keyframe asked for at resume (a round trip on
+    # loopback and an encode).
     cuts = server.cuts()
     assert len(cuts) == PAUSES, describe_segments("server", server)
     for cut, length in zip(cuts, lengths, strict=True):
-        assert abs(cut.skipped - length) <= CUT_LIMIT, (cut, length)
+        assert cut.before.number is not None and cut.after.number is not None
+        captured = capture.time_of(cut.after.number) - capture.time_of(cut.before.number)
+        assert abs(captured - cut.advance - length) <= CUT_LIMIT, (cut, captured, length)
         assert cut.advance <= KEYFRAME_WAIT_LIMIT, cut
 
-    # Lip sync: every segment has flashes, and each flash's offset is the browser's for
+    # Lip sync: every segment has flashes, and each flash's offset is the capture's for
     # the same flash, within 20 ms, and the same difference throughout within 10 ms.
-    assert not browser_trace.cuts(), describe_segments("browser", browser_trace)
-    report = describe_segments("server", server, reference=browser_trace)
-    theirs = {flash.number: flash.offset for flash in browser_trace.offsets()}
-    segments = server.segments()
-    assert all(any(f.number in theirs for f in flashes) for flashes in segments), report
-    differences = [f.offset - theirs[f.number] for s in segments for f in s if f.number in theirs]
-    assert spread(differences) <= SPREAD_LIMIT, report
-    assert all(abs(difference) <= BROWSER_LIMIT for difference in differences), report
+    theirs = {flash.number: flash.offset for flash in capture.offsets()}
+    segments = server.segments(expected=theirs)
+    assert all(any(f.number in theirs for f in flashes) for flashes in segments), summary
+    differences = against(server, capture)
+    assert spread(differences) <= SPREAD_LIMIT, summary
+    assert all(abs(difference) <= CAPTURE_LIMIT for difference in differences), summary
+
+    assert not errors_served, errors_served
