@@ -36,8 +36,8 @@ from typing import Any
 from urllib.request import urlopen
 
 from loadbench import media, sender
+from loadbench.children import ChildError, Children
 from loadbench.monitor import Monitor
-from loadbench.processes import ChildError, Senders
 from loadbench.report import environment, mean
 from loadbench.server import (
     HANGUP_TIMEOUT,
@@ -62,7 +62,7 @@ class Publishers:
     """Sender processes opening sessions on demand, ``per_sender`` sessions per process."""
 
     def __init__(self, offer_url: str, media_path: Path, per_sender: int, timeout: float) -> None:
-        self.senders = Senders()
+        self.senders = Children()
         self.offer_url = offer_url
         self.media_path = media_path
         self.per_sender = per_sender
