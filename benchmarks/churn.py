@@ -29,13 +29,13 @@ from typing import Any
 import psutil
 from loadbench import files, sender
 from loadbench.children import ChildError, Children
+from loadbench.files import ffmpeg_all
 from loadbench.machine import MachineWindow
 from loadbench.report import MB, slope, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     BenchmarkError,
     ServerProcess,
-    ffmpeg_all,
     log_summary,
     sidecars,
     wait_complete,

@@ -43,6 +43,7 @@ from loadbench.accounting import verify
 from loadbench.bare import BareOptions, inspect_files, run_bare
 from loadbench.children import ChildError, Children, cpu_seconds
 from loadbench.environment import use_checkout
+from loadbench.files import ffmpeg_all
 from loadbench.lag import read_lag_log
 from loadbench.machine import MachineWindow
 from loadbench.receiver import file_name
@@ -51,7 +52,6 @@ from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     BenchmarkError,
     ServerProcess,
-    ffmpeg_all,
     log_summary,
     sidecars,
     wait_complete,

@@ -19,8 +19,9 @@ from typing import Any
 import av
 
 from . import files, media
+from .files import ffmpeg_all
 from .media import AUDIO_PACKET_SAMPLES, AUDIO_RATE, EncodedLoop
-from .server import ffmpeg_all, sidecars
+from .server import sidecars
 
 RECORDED_TARGET_PCT = 99.0  # a session is recorded completely at or above this, per kind
 

@@ -1,14 +1,12 @@
 """``rtc-recorder serve`` as the benchmarks run it: a subprocess on 127.0.0.1 through
-``benchmarks/loopback_server.py``, its HTTP API, its recordings folder, and the checks
-made on its files afterwards."""
+``benchmarks/loopback_server.py``, its HTTP API, the sidecars it writes beside its
+recordings, and its log."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +23,6 @@ from .common import LOOPBACK
 BENCHMARKS = Path(__file__).resolve().parent.parent
 CHECKOUT = BENCHMARKS.parent
 SERVER_WRAPPER = BENCHMARKS / "loopback_server.py"
-FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server gives recordings 20 s by default)
 HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
@@ -250,26 +247,6 @@ def wait_complete(folder: Path, sessions: set[str], timeout: float) -> float:
             break
         time.sleep(0.2)
     return time.monotonic() - started
-
-
-def ffmpeg_errors(path: Path) -> str:
-    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
-    result = subprocess.run(
-        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode and not output:
-        output = f"ffmpeg exited with status {result.returncode}"
-    return output
-
-
-def ffmpeg_all(paths: Sequence[Path]) -> dict[Path, str]:
-    """:func:`ffmpeg_errors` of every path, one ffmpeg per core at a time."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return dict(zip(paths, pool.map(ffmpeg_errors, paths), strict=True))
 
 
 def log_summary(path: Path) -> dict[str, Any]:
