@@ -23,23 +23,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
-from loadbench import media, sender
+from loadbench import sender
 from loadbench.accounting import RECORDED_TARGET_PCT, verify
 from loadbench.children import ChildError, Children
 from loadbench.monitor import Monitor
-from loadbench.report import environment, mean
+from loadbench.report import fmt, mean
+from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
     BenchmarkError,
@@ -49,8 +47,6 @@ from loadbench.server import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "results"
 IDLE_SECONDS = 2.0
 
 
@@ -285,12 +281,6 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def markdown(command: str, s: dict[str, Any]) -> str:
     load = "/".join(f"{x:.2f}" for x in s["loadBefore"] or [])
     rows = [
@@ -307,20 +297,20 @@ def markdown(command: str, s: dict[str, Any]) -> str:
         ),
         (
             "Video frames recorded per session, min / mean (%)",
-            f"{_fmt(s['videoRecordedPctMin'], 2)} / {_fmt(s['videoRecordedPctMean'], 2)}",
+            f"{fmt(s['videoRecordedPctMin'], 2)} / {fmt(s['videoRecordedPctMean'], 2)}",
         ),
         (
             "Audio packets recorded per session, min / mean (%)",
-            f"{_fmt(s['audioRecordedPctMin'], 2)} / {_fmt(s['audioRecordedPctMean'], 2)}",
+            f"{fmt(s['audioRecordedPctMin'], 2)} / {fmt(s['audioRecordedPctMean'], 2)}",
         ),
         (
             "Event-loop lag p99 over the window (histogram bucket) / worst 3 s p99 (ms)",
-            f"≤ {_fmt(s['lagP99BoundMs'])} / {_fmt(s['lagP99GaugeMsMax'])}",
+            f"≤ {fmt(s['lagP99BoundMs'])} / {fmt(s['lagP99GaugeMsMax'])}",
         ),
-        ("Event-loop thread running or waiting for a CPU, mean", _fmt(s["loopBusyMean"], 2)),
-        ("Server CPU, mean (cores)", _fmt(s["serverCpuCoresMean"], 2)),
-        ("Senders' CPU, mean (cores)", _fmt(s["sendersCpuCoresMean"], 2)),
-        ("Machine CPU busy, mean (cores)", _fmt(s["machineBusyCoresMean"], 2)),
+        ("Event-loop thread running or waiting for a CPU, mean", fmt(s["loopBusyMean"], 2)),
+        ("Server CPU, mean (cores)", fmt(s["serverCpuCoresMean"], 2)),
+        ("Senders' CPU, mean (cores)", fmt(s["sendersCpuCoresMean"], 2)),
+        ("Machine CPU busy, mean (cores)", fmt(s["machineBusyCoresMean"], 2)),
         ("Load average before (1 / 5 / 15 min)", load),
         ("Server exit status after SIGTERM", s["serverExitCode"]),
     ]
@@ -356,51 +346,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra flag for rtc-recorder serve (repeatable), e.g. --server-arg=--max-sessions=9",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--markdown", action="store_true")
+    add_output_options(parser, "keep the recordings in OUT", "table")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    stem = f"admission-{started:%Y%m%d-%H%M%S}"
-    media_path = media.prepare(media.MediaSpec(), args.out)
-    workdir = Path(tempfile.mkdtemp(prefix="admission-"))
-    try:
+    results = Results.begin("admission", args, argv)
+    media_path = results.media()
+    with results.workdir() as workdir:
         try:
             raw = run(args, media_path, workdir)
         except (ChildError, BenchmarkError, OSError) as error:
             _log(f"benchmark failed: {error}")
-            with contextlib.suppress(OSError):
-                shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
+            results.keep(workdir / "server.log", ".log")
             return 1
-        checked = verify(raw.get("sent", {}), workdir / "recordings", media_path, decode=False)
+        recordings = workdir / "recordings"
+        checked = verify(raw.get("sent", {}), recordings, media_path, decode=False)
         summary = summarise(raw, checked)
         summary["serverLog"] = log_summary(workdir / "server.log")
-        shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    table = markdown(command, summary)
-    document = {
-        "command": command,
-        "started": started.isoformat(timespec="seconds"),
-        "environment": environment(),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "summary": summary,
-        "sessions": checked,
-        "raw": raw,
-    }
-    (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1, default=str))
-    (args.out / f"{stem}.md").write_text(table + "\n")
+        results.keep(workdir / "server.log", ".log")
+        if args.keep_recordings:
+            results.keep(recordings, "-recordings")
+    table = markdown(results.command, summary)
+    results.save(results.document(args, summary=summary, sessions=checked, raw=raw), table)
     if args.markdown:
         print(table)
-    _log(f"{'PASS' if summary['pass'] else 'FAIL'}: results in {args.out / stem}.json")
+    _log(
+        f"{'PASS' if summary['pass'] else 'FAIL'}: {summary['admitted']} admitted, "
+        f"{summary['recordingsComplete']} recorded completely"
+    )
     return 0 if summary["pass"] else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

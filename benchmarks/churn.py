@@ -31,7 +31,7 @@ from loadbench import files, sender
 from loadbench.children import ChildError, Children
 from loadbench.files import ffmpeg_all
 from loadbench.machine import MachineWindow
-from loadbench.report import MB, slope, table
+from loadbench.report import MB, fmt, slope, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     BenchmarkError,
@@ -260,14 +260,6 @@ def summarise(
     }
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
 def rss_curve(raw: dict[str, Any], points: int = 12) -> str:
     """RSS against sessions closed, at ``points`` batches spread over the run."""
     return ", ".join(
@@ -287,13 +279,13 @@ def markdown(command: str, summary: dict[str, Any], raw: dict[str, Any]) -> str:
         ),
         (
             "Time taken (s); per batch, mean (s)",
-            f"{_fmt(s['seconds'])}; {_fmt(s['batchSecondsMean'], 2)}",
+            f"{fmt(s['seconds'])}; {fmt(s['batchSecondsMean'], 2)}",
         ),
-        ("Server RSS before any session (MB)", _fmt(s["rssBeforeMB"])),
+        ("Server RSS before any session (MB)", fmt(s["rssBeforeMB"])),
         (
             "Server RSS after the first batch / at warm-up / at the end / peak (MB)",
             " / ".join(
-                _fmt(s[k])
+                fmt(s[k])
                 for k in ("rssAfterFirstBatchMB", "rssAtWarmupMB", "rssEndMB", "rssPeakMB")
             ),
         ),
@@ -301,32 +293,32 @@ def markdown(command: str, summary: dict[str, Any], raw: dict[str, Any]) -> str:
         (
             f"MB kept per closed session after warm-up ({s['warmupSessions']} sessions; "
             f"slope over {s['batchesAfterWarmup']} batches)",
-            _fmt(kept, 4),
+            fmt(kept, 4),
         ),
-        ("Server file descriptors, before → end", f"{s['fdsBefore']} → {_fmt(s['fdsEnd'])}"),
-        ("Server threads, before → end", f"{s['threadsBefore']} → {_fmt(s['threadsEnd'])}"),
+        ("Server file descriptors, before → end", f"{s['fdsBefore']} → {fmt(s['fdsEnd'])}"),
+        ("Server threads, before → end", f"{s['threadsBefore']} → {fmt(s['threadsEnd'])}"),
         (
             "Sessions still listed after a batch's hang-up (max)",
-            _fmt(s["sessionsListedAfterBatchMax"]),
+            fmt(s["sessionsListedAfterBatchMax"]),
         ),
         ('Recordings finalized (sidecar "complete")', f"{s['finalized']} / {s['sessions']}"),
         ("Spot-checked recordings clean (ffmpeg, PyAV)", f"{s['clean']} / {s['checked']}"),
         ("Recordings without video or audio (PyAV, all)", str(s["withoutVideoOrAudio"])),
         (
             "Recordings' video, min / max (s)",
-            f"{_fmt(s['videoSecondsMin'], 2)} / {_fmt(s['videoSecondsMax'], 2)}",
+            f"{fmt(s['videoSecondsMin'], 2)} / {fmt(s['videoSecondsMax'], 2)}",
         ),
         (
             f"Machine CPU busy over the run (cores of {s['machineCores']})",
-            _fmt(s["machineBusyCores"], 2),
+            fmt(s["machineBusyCores"], 2),
         ),
         (
             "Load average (1 min), start → end",
-            f"{_fmt(s['loadBefore'], 2)} → {_fmt(s['loadEnd'], 2)}",
+            f"{fmt(s['loadBefore'], 2)} → {fmt(s['loadEnd'], 2)}",
         ),
         (
             "Server warnings/errors logged; exit status on SIGTERM",
-            f"{s['serverLogWarnings']}; {_fmt(s['serverExitCode'])}",
+            f"{s['serverLogWarnings']}; {fmt(s['serverExitCode'])}",
         ),
     ]
     verdict = "**met**" if kept is not None and kept <= TARGET_MB_PER_SESSION else "**missed**"
@@ -343,7 +335,7 @@ def markdown(command: str, summary: dict[str, Any], raw: dict[str, Any]) -> str:
                 [
                     (
                         f"≤ {TARGET_MB_PER_SESSION} MB kept per closed session after warm-up",
-                        f"{_fmt(kept, 4)} MB",
+                        f"{fmt(kept, 4)} MB",
                         verdict,
                     )
                 ],
@@ -429,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"{summary['sessions']} sessions in {summary['seconds']:.0f} s; server RSS "
-            f"{summary['rssBeforeMB']:.1f} → {_fmt(summary['rssEndMB'])} MB "
-            f"({rss_curve(raw)}); {_fmt(kept, 4)} MB kept per closed session after "
+            f"{summary['rssBeforeMB']:.1f} → {fmt(summary['rssEndMB'])} MB "
+            f"({rss_curve(raw)}); {fmt(kept, 4)} MB kept per closed session after "
             f"{warmup} (target ≤ {TARGET_MB_PER_SESSION}); {recorded}; machine "
             f"{summary['machineBusyCores']:.2f} of {summary['machineCores']} cores busy, load "
             f"{summary['loadBefore']:.2f} → {summary['loadEnd']:.2f}"

@@ -37,7 +37,7 @@ from loadbench.accounting import RECORDED_TARGET_PCT, verify
 from loadbench.children import ChildError, Children, cpu_seconds
 from loadbench.machine import SATURATED, busy_seconds
 from loadbench.monitor import PROBE_INTERVAL, PROBE_TIMEOUT, SAMPLE_INTERVAL, Monitor
-from loadbench.report import MB, percentile, slope, table
+from loadbench.report import MB, fmt, mean, percentile, slope, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
@@ -179,10 +179,6 @@ def latency(probes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _slow_probes(
     probes: list[dict[str, Any]], samples: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -245,22 +241,22 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
         "sessionsRecorded": len(checked),
         "windowSeconds": raw.get("window", {}).get("seconds"),
         "healthz": healthz,
-        "serverCpuCoresMean": _mean([s["cpu_cores"] for s in window]),
+        "serverCpuCoresMean": mean([s["cpu_cores"] for s in window]),
         "serverCpuCoresPeak": max((s["cpu_cores"] for s in window), default=None),
-        "serverRssMBMean": _mean([s["rss_bytes"] / MB for s in window]),
+        "serverRssMBMean": mean([s["rss_bytes"] / MB for s in window]),
         "serverRssMBPeak": max((s["rss_bytes"] / MB for s in window), default=None),
         "serverRssSlopeMBPerMin": slope([(x["at"] / 60, x["rss_bytes"] / MB) for x in window]),
         "serverRssMBPeakWholeRun": max((s["rss_bytes"] / MB for s in every), default=None),
-        "serverRssMBIdle": _mean([s["rss_bytes"] / MB for s in every if s["phase"] == "idle"]),
+        "serverRssMBIdle": mean([s["rss_bytes"] / MB for s in every if s["phase"] == "idle"]),
         "serverThreadsPeak": max((s["threads"] for s in every), default=None),
-        "serverPreemptionsPerSecondMean": _mean([s["preemptions_per_second"] for s in window]),
-        "machineBusyCoresMean": _mean([s["machine_busy_cores"] for s in window]),
-        "sendersCpuCoresMean": _mean([s["senders_cpu_cores"] for s in window]),
-        "scriptCpuCoresMean": _mean([s["self_cpu_cores"] for s in window]),
-        "otherCpuCoresMean": _mean([s["other_cpu_cores"] for s in window]),
-        "interruptsCpuCoresMean": _mean([s["interrupts_cpu_cores"] for s in window]),
-        "stealCpuCoresMean": _mean([s["steal_cpu_cores"] for s in window]),
-        "cpuPressureMean": _mean(pressure),
+        "serverPreemptionsPerSecondMean": mean([s["preemptions_per_second"] for s in window]),
+        "machineBusyCoresMean": mean([s["machine_busy_cores"] for s in window]),
+        "sendersCpuCoresMean": mean([s["senders_cpu_cores"] for s in window]),
+        "scriptCpuCoresMean": mean([s["self_cpu_cores"] for s in window]),
+        "otherCpuCoresMean": mean([s["other_cpu_cores"] for s in window]),
+        "interruptsCpuCoresMean": mean([s["interrupts_cpu_cores"] for s in window]),
+        "stealCpuCoresMean": mean([s["steal_cpu_cores"] for s in window]),
+        "cpuPressureMean": mean(pressure),
         "cpuPressureMax": max(pressure, default=None),
         "machineCores": raw.get("window", {}).get("machineCores"),
         "slowProbes": slow,
@@ -272,10 +268,10 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
         "recordingsFinalized": len(finalized),
         "recordingsComplete": len(complete),
         "videoRecordedPctMin": min(pct["video"], default=None),
-        "videoRecordedPctMean": _mean(pct["video"]),
+        "videoRecordedPctMean": mean(pct["video"]),
         "audioRecordedPctMin": min(pct["audio"], default=None),
-        "audioRecordedPctMean": _mean(pct["audio"]),
-        "startToFirstKeyframeSecondsMean": _mean(startup),
+        "audioRecordedPctMean": mean(pct["audio"]),
+        "startToFirstKeyframeSecondsMean": mean(startup),
         "startToFirstKeyframeSecondsMax": max(startup, default=None),
         "allRecordingSeconds": raw.get("allRecordingSeconds"),
         "hangupSeconds": raw.get("hangupSeconds"),
@@ -295,20 +291,12 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
     }
 
 
-def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}{unit}"
-    return f"{value}{unit}"
-
-
 def _percent(share: float | None) -> float | None:
     return None if share is None else 100.0 * share
 
 
 def _pair(first: Any, second: Any, digits: int = 1) -> str:
-    return f"{_fmt(first, digits)} / {_fmt(second, digits)}"
+    return f"{fmt(first, digits)} / {fmt(second, digits)}"
 
 
 def _verdict(ok: bool) -> str:
@@ -326,12 +314,12 @@ def markdown(
     def phase(name: str) -> str:
         stats = s["healthz"][name]
         return (
-            f"{stats['count']} req, p50 {_fmt(stats['p50Ms'])} / p99 {_fmt(stats['p99Ms'])} / "
-            f"max {_fmt(stats['maxMs'])} ms, {stats['failures']} failed"
+            f"{stats['count']} req, p50 {fmt(stats['p50Ms'])} / p99 {fmt(stats['p99Ms'])} / "
+            f"max {fmt(stats['maxMs'])} ms, {stats['failures']} failed"
         )
 
     breakdown = " + ".join(
-        _fmt(s[key], 2)
+        fmt(s[key], 2)
         for key in (
             "serverCpuCoresMean",
             "sendersCpuCoresMean",
@@ -343,13 +331,13 @@ def markdown(
     )
     rows = [
         ("Sessions (recorded / requested)", f"{s['sessionsRecorded']} / {n}"),
-        ("Load window, all sessions recording (s)", _fmt(s["windowSeconds"])),
+        ("Load window, all sessions recording (s)", fmt(s["windowSeconds"])),
         ("/healthz requests in the window", f"{h['count']:,}"),
         (
             "/healthz p50 / p95 / p99 (ms)",
-            f"{_fmt(h['p50Ms'])} / {_fmt(h['p95Ms'])} / {_fmt(h['p99Ms'])}",
+            f"{fmt(h['p50Ms'])} / {fmt(h['p95Ms'])} / {fmt(h['p99Ms'])}",
         ),
-        ("/healthz max (ms)", _fmt(h["maxMs"])),
+        ("/healthz max (ms)", fmt(h["maxMs"])),
         ("/healthz failures (of which timeouts > 2 s)", f"{h['failures']} ({h['timeouts']})"),
         ("/healthz requests ≥ 100 ms", f"{h['over100Ms']}"),
         ("/healthz while connecting", phase("connecting")),
@@ -357,22 +345,22 @@ def markdown(
         ("/healthz before any session", phase("idle")),
         (
             "Server CPU, mean / peak (cores)",
-            f"{_fmt(s['serverCpuCoresMean'], 2)} / {_fmt(s['serverCpuCoresPeak'], 2)}",
+            f"{fmt(s['serverCpuCoresMean'], 2)} / {fmt(s['serverCpuCoresPeak'], 2)}",
         ),
         (
             "Server RSS, mean / peak (MB)",
-            f"{_fmt(s['serverRssMBMean'])} / {_fmt(s['serverRssMBPeak'])}",
+            f"{fmt(s['serverRssMBMean'])} / {fmt(s['serverRssMBPeak'])}",
         ),
-        ("Server RSS before any session (MB)", _fmt(s["serverRssMBIdle"])),
-        ("Server RSS slope over the window (MB/min)", _fmt(s["serverRssSlopeMBPerMin"])),
+        ("Server RSS before any session (MB)", fmt(s["serverRssMBIdle"])),
+        ("Server RSS slope over the window (MB/min)", fmt(s["serverRssSlopeMBPerMin"])),
         (
             "Server preempted (involuntary context switches / s), mean",
-            _fmt(s["serverPreemptionsPerSecondMean"], 0),
+            fmt(s["serverPreemptionsPerSecondMean"], 0),
         ),
         (
             f"Machine CPU busy, mean (cores of {s['machineCores']}): all = server + senders "
             "+ this script + kernel interrupts + stolen + other processes",
-            f"{_fmt(s['machineBusyCoresMean'], 2)} = {breakdown}",
+            f"{fmt(s['machineBusyCoresMean'], 2)} = {breakdown}",
         ),
         (
             "Time some task waited for a CPU (PSI), mean / worst second (%)",
@@ -386,24 +374,24 @@ def markdown(
         ('Recordings finalized (sidecar "complete")', f"{s['recordingsFinalized']} / {n}"),
         (
             "Video frames recorded, min / mean (%)",
-            f"{_fmt(s['videoRecordedPctMin'], 2)} / {_fmt(s['videoRecordedPctMean'], 2)}",
+            f"{fmt(s['videoRecordedPctMin'], 2)} / {fmt(s['videoRecordedPctMean'], 2)}",
         ),
         (
             "Audio packets recorded, min / mean (%)",
-            f"{_fmt(s['audioRecordedPctMin'], 2)} / {_fmt(s['audioRecordedPctMean'], 2)}",
+            f"{fmt(s['audioRecordedPctMin'], 2)} / {fmt(s['audioRecordedPctMean'], 2)}",
         ),
         (
             "Recording start → first keyframe, mean / max (s)",
             _pair(s["startToFirstKeyframeSecondsMean"], s["startToFirstKeyframeSecondsMax"], 2),
         ),
-        ("Time until all sessions recording (s)", _fmt(s["allRecordingSeconds"], 2)),
+        ("Time until all sessions recording (s)", fmt(s["allRecordingSeconds"], 2)),
         (
             "Hang-up: all DELETEs / slowest (s); not answered 200",
             f"{_pair(s['hangupSeconds'], s['hangupMaxSeconds'], 2)}; {s['hangupFailures']}",
         ),
         (
             "SIGTERM → exit (s), status",
-            f"{_fmt(s['serverStopSeconds'], 2)}, {_fmt(s['serverExitCode'])}",
+            f"{fmt(s['serverStopSeconds'], 2)}, {fmt(s['serverExitCode'])}",
         ),
     ]
     lines = [
@@ -418,12 +406,12 @@ def markdown(
         "| Target | Measured | Result |",
         "|---|---|---|",
         f"| /healthz p99 < {HEALTHZ_P99_TARGET_MS:.0f} ms during the load | "
-        f"{_fmt(h['p99Ms'])} ms | {_verdict(s['targets']['healthzP99'])} |",
+        f"{fmt(h['p99Ms'])} ms | {_verdict(s['targets']['healthzP99'])} |",
         f"| every session recorded completely (clean file, ≥ {RECORDED_TARGET_PCT:.0f} % of video "
         f"frames and audio packets sent while recording) | {s['recordingsComplete']} / {n} | "
         f"{_verdict(s['targets']['allRecordedCompletely'])} |",
         f"| Overall (the two targets above) | | {_verdict(s['pass'])} |",
-        f"| (check) the server exits 0 on SIGTERM | status {_fmt(s['serverExitCode'])} | "
+        f"| (check) the server exits 0 on SIGTERM | status {fmt(s['serverExitCode'])} | "
         f"{_verdict(s['targets']['cleanExit'])} |",
         "",
         "| Session | File duration (s) | Video recorded / sent | Audio recorded / sent "
@@ -438,11 +426,11 @@ def markdown(
             continue
         v, a = c["video"], c["audio"]
         lines.append(
-            f"| {c['session']} | {_fmt(c['fileSeconds']['video'], 2)} "
+            f"| {c['session']} | {fmt(c['fileSeconds']['video'], 2)} "
             f"| {v['recorded']:,} / {v['sentWhileRecording']:,} "
             f"| {a['recorded']:,} / {a['sentWhileRecording']:,} "
-            f"| {_fmt(v['recordedPct'], 2)} | {_fmt(a['recordedPct'], 2)} "
-            f"| {_fmt(v.get('startToFirstRecordedSeconds'), 2)} | {'yes' if c['clean'] else 'NO'} |"
+            f"| {fmt(v['recordedPct'], 2)} | {fmt(a['recordedPct'], 2)} "
+            f"| {fmt(v.get('startToFirstRecordedSeconds'), 2)} | {'yes' if c['clean'] else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -521,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
     verdict = "PASS" if summary["pass"] else "FAIL"
     _log(
-        f"{verdict}: healthz p99 {_fmt(summary['healthz']['recording']['p99Ms'])} ms, "
+        f"{verdict}: healthz p99 {fmt(summary['healthz']['recording']['p99Ms'])} ms, "
         f"{summary['recordingsComplete']}/{args.sessions} recorded completely"
     )
     return 0 if summary["pass"] else 3

@@ -47,7 +47,7 @@ from loadbench.files import ffmpeg_all
 from loadbench.lag import read_lag_log
 from loadbench.machine import MachineWindow
 from loadbench.receiver import file_name
-from loadbench.report import MB, percentile, table
+from loadbench.report import MB, fmt, mean, percentile, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     BenchmarkError,
@@ -258,10 +258,6 @@ class ServerRun:
 # -- figures ------------------------------------------------------------------------------------
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _machine_figures(machine: dict[str, Any]) -> dict[str, Any]:
     return {
         "machineBusyCores": machine["busyCores"],
@@ -278,8 +274,8 @@ def window_figures(window: dict[str, Any], idle: dict[str, Any], sessions: int) 
     cores = window["cpuSeconds"] / window["seconds"]
     idle_cores = idle["cpuSeconds"] / idle["seconds"]
     lag_ms = [1000 * lag for lag in window.get("lagSeconds", [])]
-    rss = _mean(window["rssBytes"]) or 0.0
-    idle_rss = _mean(idle["rssBytes"]) or 0.0
+    rss = mean(window["rssBytes"]) or 0.0
+    idle_rss = mean(idle["rssBytes"]) or 0.0
     return {
         "sessions": sessions,
         "windowSeconds": window["seconds"],
@@ -450,7 +446,7 @@ def run_states(media_path: Path, args: argparse.Namespace, workdir: Path) -> dic
         "figures": figures,
         "idle": {
             "cpuCores": idle["cpuSeconds"] / idle["seconds"],
-            "rssMB": (_mean(idle["rssBytes"]) or 0.0) / MB,
+            "rssMB": (mean(idle["rssBytes"]) or 0.0) / MB,
             "lagP99Ms": percentile([1000 * x for x in idle.get("lagSeconds", [])], 0.99),
             **_machine_figures(idle["machine"]),
         },
@@ -481,14 +477,6 @@ def _keep(args: argparse.Namespace, recordings: Path, name: str) -> None:
 # -- the tables ---------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
 def lower_bound(figures: dict[str, Any]) -> bool:
     """Whether a CPU figure is only a lower bound of what the recording needs: the machine
     was saturated, and the recorder fell behind (less than :data:`KEPT_UP_PCT` of the
@@ -504,21 +492,21 @@ def lower_bound(figures: dict[str, Any]) -> bool:
 def _cpu(figures: dict[str, Any]) -> str:
     """CPU per session, "≥" when it is a lower bound."""
     bound = "≥ " if lower_bound(figures) else ""
-    return f"{bound}{_fmt(figures['cpuPerSession'], 4)}"
+    return f"{bound}{fmt(figures['cpuPerSession'], 4)}"
 
 
 def _lag(figures: dict[str, Any]) -> str:
     return " / ".join(
-        _fmt(figures[k], d) for k, d in (("lagP50Ms", 2), ("lagP99Ms", 2), ("lagMaxMs", 1))
+        fmt(figures[k], d) for k, d in (("lagP50Ms", 2), ("lagP99Ms", 2), ("lagMaxMs", 1))
     )
 
 
 def _machine(figures: dict[str, Any]) -> str:
-    return f"{_fmt(figures['machineBusyCores'], 2)} of {figures['machineCores']}"
+    return f"{fmt(figures['machineBusyCores'], 2)} of {figures['machineCores']}"
 
 
 def _load(figures: dict[str, Any]) -> str:
-    return f"{_fmt(figures['loadBefore'], 2)} → {_fmt(figures['loadEnd'], 2)}"
+    return f"{fmt(figures['loadBefore'], 2)} → {fmt(figures['loadEnd'], 2)}"
 
 
 def ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> dict[str, Any] | None:
@@ -651,9 +639,9 @@ def _state_row(state: str, states: dict[str, Any]) -> tuple[str, ...]:
         state,
         _cpu(f),
         share,
-        _fmt(f["cpuPerSessionNet"], 4),
+        fmt(f["cpuPerSessionNet"], 4),
         _lag(f),
-        _fmt(f["rssPerSessionMB"], 2),
+        fmt(f["rssPerSessionMB"], 2),
         _machine(f),
         _load(f),
     )
@@ -671,9 +659,9 @@ def _compare_row(count: int, mode: str, modes: dict[str, dict[str, Any]]) -> tup
         _cpu(f),
         versus,
         _lag(f),
-        f"{_fmt(f['videoRecordedPct'], 2)} / {_fmt(f['audioRecordedPct'], 2)}",
-        _fmt(f["rtpLostPct"], 2),
-        _fmt(f["rssPerSessionMB"], 2),
+        f"{fmt(f['videoRecordedPct'], 2)} / {fmt(f['audioRecordedPct'], 2)}",
+        fmt(f["rtpLostPct"], 2),
+        fmt(f["rssPerSessionMB"], 2),
         f"{f['recordingsClean']} / {f['recordings']}",
         _machine(f),
         _load(f),
@@ -704,7 +692,7 @@ def markdown(
         lines += [
             "",
             f"**By state, through `rtc-recorder serve`, {n} sessions** (server idle before "
-            f"any session: {_fmt(idle['cpuCores'], 4)} cores, {_fmt(idle['rssMB'])} MB; "
+            f"any session: {fmt(idle['cpuCores'], 4)} cores, {fmt(idle['rssMB'])} MB; "
             f"recordings: {states['recordingsFinalized']} / {states['recordings']} finalized, "
             f"{states['recordingsClean']} ffmpeg-clean)",
             "",
@@ -753,7 +741,7 @@ def summary_text(
         for mode in MODES:
             if mode in modes:
                 f = modes[mode]["figures"]
-                text = f"{LABELS[mode]} {_cpu(f)}, lag p99 {_fmt(f['lagP99Ms'], 2)} ms"
+                text = f"{LABELS[mode]} {_cpu(f)}, lag p99 {fmt(f['lagP99Ms'], 2)} ms"
                 if server is not None and mode != "server":
                     text += f" ({_ratio_text(ratio(f, server['figures']))})"
                 parts.append(text)
