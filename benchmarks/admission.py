@@ -68,8 +68,7 @@ class Publishers:
     def open(self, number: int) -> dict[str, Any]:
         """Offer session ``number``; the sender's ``opened`` report."""
         name = self._sender_with_room()
-        self.senders.send(name, {"type": "open", "number": number})
-        reply = self.senders.expect(name, "opened", timeout=self.timeout + 10)
+        reply = sender.open_sessions(self.senders, name, [number], self.timeout + 10)[str(number)]
         if reply["status"] == 200:
             self.opened[name] += 1
         return reply
@@ -91,18 +90,10 @@ class Publishers:
 
     def sent(self) -> dict[str, Any]:
         """Pause every sender; what each admitted session sent."""
-        for name in self.opened:
-            self.senders.send(name, {"type": "pause"})
-        sent: dict[str, Any] = {}
-        for name in self.opened:
-            sent.update(self.senders.expect(name, "sent", timeout=30)["sessions"])
-        return sent
+        return sender.ask_all(self.senders, list(self.opened), "pause", "sent")
 
     def close(self) -> None:
-        for name in self.opened:
-            with contextlib.suppress(OSError):
-                self.senders.send(name, {"type": "close"})
-        self.senders.join(timeout=30)
+        sender.close_all(self.senders, list(self.opened))
 
 
 def _get_json(server: ServerProcess, path: str) -> Any:
@@ -219,9 +210,7 @@ def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, 
         raw["sent"] = publishers.sent()
         time.sleep(args.drain)
         ids = [s["id"] for s in server.sessions()]
-        raw["hangups"] = server.request_all(
-            "DELETE", [f"/api/sessions/{i}" for i in ids], HANGUP_TIMEOUT
-        )
+        raw["hangups"] = server.hang_up(ids)
         raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         publishers.close()
         monitor.stop()

@@ -34,6 +34,7 @@ from loadbench.machine import MachineWindow
 from loadbench.report import MB, fmt, slope, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
+    HANGUP_TIMEOUT,
     BenchmarkError,
     ServerProcess,
     log_summary,
@@ -43,7 +44,6 @@ from loadbench.server import (
 
 TARGET_MB_PER_SESSION = 0.05
 STATE_TIMEOUT = 30.0  # for a batch's sessions to connect, or to start recording
-HANGUP_TIMEOUT = 60.0  # for each DELETE
 IDLE_SECONDS = 2.0  # before the first session: the server's RSS with nothing to do
 HANGUPS = ("/whip/{}", "/api/sessions/{}")  # alternating, batch by batch
 
@@ -69,9 +69,11 @@ def run_batch(
 ) -> dict[str, Any]:
     """One batch: publish, start recording, record, hang up; what happened and when."""
     started = time.monotonic()
-    senders.send("sender", {"type": "open", "sessions": numbers})
-    opened = senders.expect("sender", "opened", timeout=args.connect_timeout + 10)["sessions"]
-    ids = [opened[str(number)] for number in numbers]
+    opened = sender.open_sessions(senders, "sender", numbers, args.connect_timeout + 10)
+    refused = {n: a["status"] for n, a in opened.items() if a["status"] != 200}
+    if refused:
+        raise BenchmarkError(f"/offer refused sessions (number: status): {refused}")
+    ids = [opened[str(number)]["session"] for number in numbers]
     server.wait_sessions(len(ids), None, STATE_TIMEOUT, ids)
     connected = time.monotonic()
     if not args.no_record:
@@ -110,10 +112,11 @@ def run_churn(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict
         server.wait_ready()
         process = psutil.Process(server.pid)
         _log(f"server pid {server.pid} on port {server.port}")
-        config = sender.ChurnSenderConfig(
-            server.url("/offer"), str(media_path), args.connect_timeout
+        config = sender.SenderConfig(
+            0, server.url("/offer"), (), str(media_path), args.connect_timeout
         )
-        senders.start("sender", sender.run_churn, config)
+        senders.start("sender", sender.run, config)
+        senders.expect("sender", "connected", timeout=30)
         time.sleep(IDLE_SECONDS)
         raw["before"] = _server_sample(process)
         machine = MachineWindow()
@@ -139,8 +142,7 @@ def run_churn(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict
         if not args.no_record:
             ids = {i for batch in raw["batches"] for i in batch["ids"]}
             raw["sidecarWaitSeconds"] = wait_complete(recordings, ids, HANGUP_TIMEOUT)
-        senders.send("sender", {"type": "close"})
-        senders.join(timeout=30)
+        sender.close_all(senders, ["sender"])
         raw["serverStop"] = server.stop()
     finally:
         senders.end()

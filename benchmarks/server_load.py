@@ -121,25 +121,16 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
         raw["sessionsAtEnd"] = server.sessions()
 
         monitor.phase = "hangup"
-        for name in names:
-            senders.send(name, {"type": "pause"})
-        sent: dict[str, Any] = {}
-        for name in names:
-            sent.update(senders.expect(name, "sent", timeout=30)["sessions"])
-        raw["sent"] = sent
+        raw["sent"] = sender.ask_all(senders, names, "pause", "sent")
         time.sleep(args.drain)  # what was sent reaches the recorders
         ids = [s["id"] for s in raw["sessionsAtEnd"]]
         hangup = time.monotonic()
-        raw["hangups"] = server.request_all(
-            "DELETE", [f"/api/sessions/{i}" for i in ids], HANGUP_TIMEOUT
-        )
+        raw["hangups"] = server.hang_up(ids)
         raw["hangupSeconds"] = time.monotonic() - hangup
         raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         _log(f"hung up {len(ids)} sessions in {raw['hangupSeconds']:.2f} s")
         raw["sessionsAfterHangup"] = server.sessions()
-        for name in names:
-            senders.send(name, {"type": "close"})
-        senders.join(timeout=30)
+        sender.close_all(senders, names)
         monitor.stop()
         raw["serverStop"] = server.stop()
         _log(f"server exited with status {raw['serverStop']['exitCode']}")

@@ -50,6 +50,7 @@ from loadbench.receiver import file_name
 from loadbench.report import MB, fmt, mean, percentile, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
+    HANGUP_TIMEOUT,
     BenchmarkError,
     ServerProcess,
     log_summary,
@@ -77,7 +78,6 @@ TARGET_LAG_SESSIONS = 40
 
 SAMPLE_INTERVAL = 0.5  # seconds between RSS samples of the server
 STATE_TIMEOUT = 30.0  # for every session to reach a state
-HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
 COOL_DOWN = 3.0  # seconds between runs, for the last one's processes to be gone
 KEPT_UP_PCT = 99.0  # a recorder that recorded less of what was sent fell behind
 
@@ -221,27 +221,15 @@ class ServerRun:
         (``DELETE /api/sessions/{id}``) and its recording finalized; the server stopped
         (SIGTERM); the lag of every window read back."""
         names = self.senders.names("sender-")
-        for name in names:
-            self.senders.send(name, {"type": "pause"})
-        sent: dict[str, Any] = {}
-        for name in names:
-            sent.update(self.senders.expect(name, "sent", timeout=30)["sessions"])
+        sent = sender.ask_all(self.senders, names, "pause", "sent")
         time.sleep(self.args.drain)  # what was sent reaches the recorders
-        rtp: dict[str, Any] = {}
-        for name in names:
-            self.senders.send(name, {"type": "rtp"})
-        for name in names:
-            rtp.update(self.senders.expect(name, "rtp", timeout=30)["sessions"])
-        hangups = self.server.request_all(
-            "DELETE", [f"/api/sessions/{i}" for i in self.ids], HANGUP_TIMEOUT
-        )
+        rtp = sender.ask_all(self.senders, names, "rtp", "rtp")
+        hangups = self.server.hang_up(self.ids)
         self.raw["hangupFailures"] = sum(h["status"] != 200 for h in hangups.values())
         self.raw["sidecarWaitSeconds"] = wait_complete(
             self.recordings, set(self.ids), HANGUP_TIMEOUT
         )
-        for name in names:
-            self.senders.send(name, {"type": "close"})
-        self.senders.join(timeout=30)
+        sender.close_all(self.senders, names)
         self.raw["serverStop"] = self.server.stop()
         self.raw["sent"], self.raw["rtp"] = sent, rtp
         self.raw["serverLog"] = log_summary(self.server.log_path)

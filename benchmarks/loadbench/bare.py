@@ -90,18 +90,12 @@ def run_bare(kind: str, options: BareOptions, media_path: Path, recordings: Path
         load_during = os.getloadavg()[0]
         sender_cpu = cpu_seconds(sender_pids) - sender_cpu
         window = time.monotonic() - window_start
-        for name in senders:
-            children.send(name, {"type": "pause"})
-        sent: dict[str, Any] = {}
-        for name in senders:
-            sent.update(children.expect(name, "sent", timeout=30)["sessions"])
+        sent = sender.ask_all(children, senders, "pause", "sent")
         time.sleep(options.drain)  # what was sent reaches the recorders
         children.send("receiver", {"type": "stop"})
         result = children.expect("receiver", "result", timeout=receiver.STOP_TIMEOUT + 60)
         _log(kind, f"recorders stopped in {result['stopSeconds']:.2f} s")
-        for name in senders:
-            children.send(name, {"type": "close"})
-        children.join(timeout=30)
+        sender.close_all(children, senders)
     finally:
         children.end()
     result.pop("type")

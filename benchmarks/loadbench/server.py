@@ -141,6 +141,13 @@ class ServerProcess:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(paths))) as pool:
             return dict(zip(paths, pool.map(one, paths), strict=True))
 
+    def hang_up(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``DELETE /api/sessions/{id}`` for every session at once (each answers once its
+        recording is finalized): per session id, as :meth:`request_all` gives them."""
+        paths = [f"/api/sessions/{session}" for session in ids]
+        answers = self.request_all("DELETE", paths, HANGUP_TIMEOUT)
+        return {session: answers[path] for session, path in zip(ids, paths, strict=True)}
+
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
         """Seconds until ``/healthz`` answers."""
         started = time.monotonic()
