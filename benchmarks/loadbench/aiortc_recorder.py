@@ -5,7 +5,8 @@ product has no such option).
 The server makes one recorder per recording, ``MediaRecorder(path, mimeType=...,
 stream=...)``, listens to its events with ``on``, calls ``start(timeslice)`` and later
 ``stop()`` (awaiting it on hang-up), and reads ``state``, ``mimeType`` and ``getStats()``
-(``recordedTime``, ``bytes``, ``duration``). :class:`AiortcRecorder` provides those around
+(``recordedTime``, ``bytes``, ``duration``, and ``tracks``, which the stop event and
+``/metrics`` summarise per track). :class:`AiortcRecorder` provides those around
 ``aiortc.contrib.media.MediaRecorder``, which decodes every frame and encodes it again
 (libvpx, libopus for WebM). aiortc's recorder cannot pause: ``pause``, ``resume`` and
 ``requestData`` raise ``NotSupportedError`` (the API answers 400).
@@ -45,6 +46,7 @@ class AiortcRecorder:
         self.mimeType = mimeType
         self._path = Path(path)
         self._stream = stream
+        self._tracks: list[MediaStreamTrack] = []
         self._listeners: dict[str, list[Listener]] = {}
         self._state = "inactive"
         self._recorder: MediaRecorder | None = None
@@ -67,7 +69,7 @@ class AiortcRecorder:
         if self._state != "inactive" or self._recorder is not None:
             raise InvalidStateError("this recorder has been started already")
         recorder = MediaRecorder(str(self._path))
-        tracks = list(self._stream)
+        tracks = self._tracks = list(self._stream)
         first_video = asyncio.Event()
         if not any(track.kind == "video" for track in tracks):
             first_video.set()
@@ -101,12 +103,14 @@ class AiortcRecorder:
         raise NotSupportedError("aiortc's MediaRecorder writes its file only at the end")
 
     def getStats(self) -> dict[str, Any]:
-        """Recorded seconds (wall clock from start to stop) and the file's size so far."""
+        """Recorded seconds (wall clock from start to stop), the file's size so far, and
+        its tracks by kind (aiortc's recorder counts nothing per track)."""
         seconds = 0.0
         if self._started is not None:
             seconds = (self._stopped or time.monotonic()) - self._started
         size = self._path.stat().st_size if self._path.exists() else 0
-        return {"recordedTime": seconds, "duration": seconds, "bytes": size}
+        tracks = [{"kind": track.kind} for track in self._tracks]
+        return {"recordedTime": seconds, "duration": seconds, "bytes": size, "tracks": tracks}
 
     async def _finish(self, recorder: MediaRecorder) -> None:
         await recorder.stop()
