@@ -35,6 +35,7 @@ from loadbench.report import MB, fmt, slope, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
+    NO_LOAD_LIMITS,
     BenchmarkError,
     ServerProcess,
     log_summary,
@@ -104,7 +105,7 @@ def run_batch(
 def run_churn(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
     """The server and the churning sender, batch after batch; the raw measurements."""
     recordings = workdir / "recordings"
-    server = ServerProcess(recordings, workdir / "server.log")
+    server = ServerProcess(recordings, workdir / "server.log", NO_LOAD_LIMITS)
     senders = Children()
     raw: dict[str, Any] = {"serverCommand": shlex.join(server.command), "batches": []}
     try:

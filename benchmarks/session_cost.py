@@ -51,6 +51,7 @@ from loadbench.report import MB, fmt, mean, percentile, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
+    NO_LOAD_LIMITS,
     BenchmarkError,
     ServerProcess,
     log_summary,
@@ -90,8 +91,9 @@ def _log(text: str) -> None:
 
 
 class ServerRun:
-    """``rtc-recorder serve`` (through the loopback wrapper, its event loop's lag logged)
-    with ``sessions`` sessions from sender processes, measured window by window.
+    """``rtc-recorder serve`` (through the loopback wrapper, its event loop's lag logged,
+    admission by load off) with ``sessions`` sessions from sender processes, measured
+    window by window.
 
     Use as a context manager: whatever happens, no sender and no server is left running.
     """
@@ -115,7 +117,7 @@ class ServerRun:
         self.server = ServerProcess(
             self.recordings,
             folder / "server.log",
-            serve_args,
+            [*NO_LOAD_LIMITS, *serve_args],
             ["--lag-file", str(self.lag_file), *wrapper_args],
         )
         self.senders = Children()

@@ -27,6 +27,17 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 60.0  # SIGTERM to exit (the server gives recordings 20 s by default)
 HANGUP_TIMEOUT = 60.0  # for each DELETE, and for every sidecar to say "complete"
 
+# Admission by load, off (the server still measures its load, and only stops refusing): for
+# the benchmarks that measure what sessions cost rather than whether the server takes them
+# (admission.py measures that). On a machine busy with other work the server would refuse
+# their sessions and end the run.
+NO_LOAD_LIMITS = (
+    "--admission-loop-lag=0",
+    "--admission-loop-busy=0",
+    "--admission-cpu=0",
+    "--admission-udp-drops=0",
+)
+
 
 class BenchmarkError(RuntimeError):
     """The run could not be completed (the server or a sender failed, or timed out)."""
