@@ -39,6 +39,7 @@ from loadbench.server import (
     BenchmarkError,
     ServerProcess,
     log_summary,
+    require_ok,
     sidecars,
     wait_complete,
 )
@@ -78,17 +79,11 @@ def run_batch(
     server.wait_sessions(len(ids), None, STATE_TIMEOUT, ids)
     connected = time.monotonic()
     if not args.no_record:
-        paths = [f"/api/sessions/{i}/start" for i in ids]
-        answers = server.request_all("POST", paths, STATE_TIMEOUT)
-        failed = {path: a["status"] for path, a in answers.items() if a["status"] != 200}
-        if failed:
-            raise BenchmarkError(f"start failed: {failed}")
+        server.call_all(ids, "start", STATE_TIMEOUT)
         server.wait_sessions(len(ids), "recording", STATE_TIMEOUT, ids)
     time.sleep(args.record_seconds)
     hangups = server.request_all("DELETE", [hangup.format(i) for i in ids], HANGUP_TIMEOUT)
-    failed = {path: a["status"] for path, a in hangups.items() if a["status"] != 200}
-    if failed:
-        raise BenchmarkError(f"hang-up failed: {failed}")
+    require_ok(hangups, "hang-up")
     hung_up = time.monotonic()
     senders.send("sender", {"type": "hang_up", "sessions": numbers})
     sent = senders.expect("sender", "hung_up", timeout=30)["sessions"]

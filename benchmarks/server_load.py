@@ -35,7 +35,7 @@ import psutil
 from loadbench import media, sender
 from loadbench.accounting import RECORDED_TARGET_PCT, verify
 from loadbench.children import ChildError, Children, cpu_seconds
-from loadbench.machine import SATURATED, busy_seconds
+from loadbench.machine import SATURATED, MachineWindow
 from loadbench.monitor import PROBE_INTERVAL, PROBE_TIMEOUT, SAMPLE_INTERVAL, Monitor
 from loadbench.report import MB, fmt, mean, percentile, slope, table
 from loadbench.results import Results, add_output_options, exit_with
@@ -103,19 +103,21 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
 
         monitor.phase = "recording"
         sender_pids = [senders.pid(name) for name in names]
-        sender_cpu, machine = cpu_seconds(sender_pids), psutil.cpu_times()
+        sender_cpu, machine = cpu_seconds(sender_pids), MachineWindow()
         started = time.monotonic()
         _log(f"loading for {args.seconds:g} s")
         while (remaining := args.seconds - (time.monotonic() - started)) > 0:
             time.sleep(min(0.5, remaining))
             senders.check()
             server.check()
-        window = time.monotonic() - started
+        window, load = time.monotonic() - started, machine.end()
         raw["window"] = {
             "seconds": window,
             "senderCpuCores": (cpu_seconds(sender_pids) - sender_cpu) / window,
-            "machineBusyCores": (busy_seconds(psutil.cpu_times()) - busy_seconds(machine)) / window,
-            "machineCores": psutil.cpu_count(),
+            "machineBusyCores": load["busyCores"],
+            "machineCores": load["cores"],
+            "loadBefore": load["loadBefore"],
+            "loadEnd": load["loadEnd"],
             "senderProcesses": len(names),
         }
         raw["sessionsAtEnd"] = server.sessions()

@@ -45,7 +45,7 @@ from loadbench.children import ChildError, Children, cpu_seconds
 from loadbench.environment import use_checkout
 from loadbench.files import ffmpeg_all
 from loadbench.lag import read_lag_log
-from loadbench.machine import MachineWindow
+from loadbench.machine import SATURATED, MachineWindow
 from loadbench.receiver import file_name
 from loadbench.report import MB, fmt, mean, percentile, table
 from loadbench.results import Results, add_output_options, exit_with
@@ -166,12 +166,7 @@ class ServerRun:
     def call_all(self, method: str, then: str) -> None:
         """``POST /api/sessions/{id}/{method}`` for every session; wait until every
         recorder is in state ``then``."""
-        answers = self.server.request_all(
-            "POST", [f"/api/sessions/{i}/{method}" for i in self.ids], STATE_TIMEOUT
-        )
-        failed = {path: a["status"] for path, a in answers.items() if a["status"] != 200}
-        if failed:
-            raise BenchmarkError(f"{method} failed: {failed}")
+        answers = self.server.call_all(self.ids, method, STATE_TIMEOUT)
         self.raw.setdefault("calls", {})[method] = {
             "slowestSeconds": max(a["seconds"] for a in answers.values())
         }
@@ -395,7 +390,7 @@ def run_bare_mode(
             ),
             "machineBusyCores": busy,
             "machineCores": cores,
-            "saturated": busy >= 0.9 * cores,
+            "saturated": busy >= SATURATED * cores,
             "loadBefore": run["load"]["before"],
             "loadEnd": run["load"]["windowEnd"],
         }

@@ -7,7 +7,6 @@ This is the orchestrating side of ``recording_load.py``; ``session_cost.py`` run
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from . import files, receiver, sender
 from .children import Children, cpu_seconds
 from .common import LOOPBACK
+from .machine import load_average
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def run_bare(kind: str, options: BareOptions, media_path: Path, recordings: Path
     ``load`` holds the machine's 1-minute load average before anything started and at the
     end of the window."""
     connect_timeout = options.connect_seconds
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     children = Children()
     try:
         children.start(
@@ -87,7 +87,7 @@ def run_bare(kind: str, options: BareOptions, media_path: Path, recordings: Path
         sender_cpu, window_start = cpu_seconds(sender_pids), time.monotonic()
         _log(kind, f"measuring for {options.seconds:g} s")
         children.expect("receiver", "window_end", timeout=options.seconds + 30)
-        load_during = os.getloadavg()[0]
+        load_during = load_average()
         sender_cpu = cpu_seconds(sender_pids) - sender_cpu
         window = time.monotonic() - window_start
         sent = sender.ask_all(children, senders, "pause", "sent")

@@ -38,6 +38,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from .aiortc_order import video_first
 from .common import LOOPBACK, Channel, loopback_only, rtc_configuration, run_child
 from .lag import LagProbe
+from .machine import MachineWindow
 
 KINDS = ("aiortc", "rtc-recorder")
 MEDIA_KINDS = ("video", "audio")
@@ -249,7 +250,7 @@ class Receiver:
 
     async def measure_window(self) -> dict[str, Any]:
         """CPU, lag and machine load over ``seconds`` (fewer if RSS passes the limit)."""
-        machine_before = psutil.cpu_times()
+        machine = MachineWindow()
         cpu_before = self.process.cpu_times()
         started = time.monotonic()
         self.lag.recording = True
@@ -265,25 +266,19 @@ class Receiver:
             pass
         cpu_after = self.process.cpu_times()
         ended = time.monotonic()
-        machine_after = psutil.cpu_times()
+        load = machine.end()
         self.rss.sample()
         self.lag.recording = False
         self.rss.phase = "after"
         self.channel.send({"type": "window_end"})
         elapsed = ended - started
-        idle = ("idle", "iowait")
-        machine_busy = sum(
-            getattr(machine_after, name) - getattr(machine_before, name)
-            for name in machine_after._fields
-            if name not in idle and name not in ("guest", "guest_nice")  # counted in user
-        )
         return {
             "start": started,
             "seconds": elapsed,
             "cpuUser": cpu_after.user - cpu_before.user,
             "cpuSystem": cpu_after.system - cpu_before.system,
-            "machineBusyCores": machine_busy / elapsed,
-            "machineCores": psutil.cpu_count(),
+            "machineBusyCores": load["busyCores"],
+            "machineCores": load["cores"],
             "rssLimitHit": limit_hit,
         }
 

@@ -152,6 +152,15 @@ class ServerProcess:
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(paths))) as pool:
             return dict(zip(paths, pool.map(one, paths), strict=True))
 
+    def call_all(
+        self, ids: Sequence[str], method: str, timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        """``POST /api/sessions/{id}/{method}`` for every session at once, each of which must
+        answer 200 (see :func:`require_ok`); the answers, by path."""
+        answers = self.request_all("POST", [f"/api/sessions/{i}/{method}" for i in ids], timeout)
+        require_ok(answers, method)
+        return answers
+
     def hang_up(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """``DELETE /api/sessions/{id}`` for every session at once (each answers once its
         recording is finalized): per session id, as :meth:`request_all` gives them."""
@@ -238,6 +247,14 @@ class ServerProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def require_ok(answers: dict[str, dict[str, Any]], what: str) -> None:
+    """Raise :class:`BenchmarkError` naming every request of ``answers``
+    (:meth:`ServerProcess.request_all`'s) not answered 200."""
+    failed = {path: answer["status"] for path, answer in answers.items() if answer["status"] != 200}
+    if failed:
+        raise BenchmarkError(f"{what} failed: {failed}")
 
 
 def sidecars(folder: Path) -> dict[str, dict[str, Any]]:
