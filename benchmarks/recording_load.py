@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     results_file = Results.begin("recording_load", args, argv)
     kinds = [args.only] if args.only else list(KINDS)
     spec = media.MediaSpec(args.width, args.height, args.fps, video_bitrate=args.video_kbps * 1000)
-    print(f"preparing the media loop in {args.out} …", file=sys.stderr, flush=True)
-    media_path = media.prepare(spec, args.out)
+    media_path = results_file.media(spec)
     media_info = media.load(media_path).describe()
     options = BareOptions(
         sessions=args.sessions,
