@@ -98,7 +98,7 @@ def run_batch(
 
 
 def run_churn(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
-    """The server and the churning sender, batch after batch; the raw measurements."""
+    """The server and the sender, batch after batch; the raw measurements."""
     recordings = workdir / "recordings"
     server = ServerProcess(recordings, workdir / "server.log", NO_LOAD_LIMITS)
     senders = Children()

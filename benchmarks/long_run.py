@@ -34,6 +34,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from loadbench.children import ChildError, Children
 from loadbench.common import Channel, loopback_only, rtc_configuration, run_child
 from loadbench.files import ffmpeg_errors
+from loadbench.machine import MachineWindow
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
@@ -175,7 +176,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         server.wait_sessions(1, None, CONNECT_TIMEOUT, [session])
         time.sleep(SETTLE_SECONDS)
         _log(f"recording for {args.minutes:g} min with {args.pauses} pauses")
+        machine = MachineWindow()
         recorded, name, stats, rss = asyncio.run(record(args, server, session))
+        load = machine.end()
         wait_complete(recordings, {session}, HANGUP_TIMEOUT)
         children.send("sender", {"type": "close"})
         children.join(30)
@@ -207,6 +210,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rssEnd": rss[-1][1] if rss else None,
         "rssSlopeMBPerMinute": slope,
         "serverStop": stop,
+        "machine": load,
     }
 
 
@@ -251,6 +255,7 @@ def _beeps_in(frame: av.AudioFrame, start: float, beeps: list[float]) -> None:
 def markdown(command: str, result: dict[str, Any]) -> str:
     """The figures against their targets."""
     offsets = result["avOffsetsLastMinute"]
+    machine = result["machine"]
     lines = [
         f"`{command}`",
         "",
@@ -265,6 +270,9 @@ def markdown(command: str, result: dict[str, Any]) -> str:
         f"| server RSS start → end (MB) | {result['rssStart']:.1f} → {result['rssEnd']:.1f} "
         "| flat |",
         f"| RSS slope after 2 min (MB/min) | {result['rssSlopeMBPerMinute']:+.3f} | ≈ 0 |",
+        f"| machine CPU busy over the recording (cores of {machine['cores']}); load average "
+        f"(1 min), start → end | {machine['busyCores']:.2f}; {machine['loadBefore']:.2f} → "
+        f"{machine['loadEnd']:.2f} | |",
     ]
     return "\n".join(lines)
 
