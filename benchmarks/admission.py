@@ -34,13 +34,12 @@ from urllib.request import urlopen
 
 from loadbench import sender
 from loadbench.accounting import RECORDED_TARGET_PCT, verify
-from loadbench.children import ChildError, Children
+from loadbench.children import Children
 from loadbench.monitor import Monitor
 from loadbench.report import fmt, mean
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
-    BenchmarkError,
     ServerProcess,
     log_summary,
     wait_complete,
@@ -343,20 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = Results.begin("admission", args, argv)
     media_path = results.media()
-    with results.workdir() as workdir:
-        try:
-            raw = run(args, media_path, workdir)
-        except (ChildError, BenchmarkError, OSError) as error:
-            _log(f"benchmark failed: {error}")
-            results.keep(workdir / "server.log", ".log")
-            return 1
-        recordings = workdir / "recordings"
-        checked = verify(raw.get("sent", {}), recordings, media_path, decode=False)
+    with results.server_workdir(args.keep_recordings) as workdir:
+        raw = run(args, media_path, workdir)
+        checked = verify(raw.get("sent", {}), workdir / "recordings", media_path, decode=False)
         summary = summarise(raw, checked)
         summary["serverLog"] = log_summary(workdir / "server.log")
-        results.keep(workdir / "server.log", ".log")
-        if args.keep_recordings:
-            results.keep(recordings, "-recordings")
     table = markdown(results.command, summary)
     results.save(results.document(args, summary=summary, sessions=checked, raw=raw), table)
     if args.markdown:

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 from loadbench import files, sender
-from loadbench.children import ChildError, Children
+from loadbench.children import Children
 from loadbench.files import ffmpeg_all
 from loadbench.machine import MachineWindow
 from loadbench.report import MB, fmt, slope, table
@@ -386,17 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     if warmup < args.warmup_sessions:
         _log(f"warm-up: {warmup} sessions (half of --sessions)")
     media_path = results.media()
-    with results.workdir() as workdir:
-        try:
-            raw = run_churn(args, media_path, workdir)
-        except (ChildError, BenchmarkError, OSError) as error:
-            _log(f"benchmark failed: {error}")
-            results.keep(workdir / "server.log", ".log")
-            return 1
+    with results.server_workdir(args.keep_recordings) as workdir:
+        raw = run_churn(args, media_path, workdir)
         verified = verify(raw, workdir / "recordings", args.check)
-        results.keep(workdir / "server.log", ".log")
-        if args.keep_recordings:
-            results.keep(workdir / "recordings", "-recordings")
     summary = summarise(raw, verified, warmup, not args.no_record)
     table = markdown(results.command, summary, raw)
     document = results.document(

@@ -31,7 +31,7 @@ import av
 import numpy as np
 import psutil
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from loadbench.children import ChildError, Children
+from loadbench.children import Children
 from loadbench.common import Channel, loopback_only, rtc_configuration, run_child
 from loadbench.files import ffmpeg_errors
 from loadbench.machine import MachineWindow
@@ -177,7 +177,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(SETTLE_SECONDS)
         _log(f"recording for {args.minutes:g} min with {args.pauses} pauses")
         machine = MachineWindow()
-        recorded, name, stats, rss = asyncio.run(record(args, server, session))
+        try:
+            recorded, name, stats, rss = asyncio.run(record(args, server, session))
+        except aiohttp.ClientError as error:
+            raise BenchmarkError(f"the server's API failed: {error!r}") from error
         load = machine.end()
         wait_complete(recordings, {session}, HANGUP_TIMEOUT)
         children.send("sender", {"type": "close"})
@@ -299,16 +302,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = Results.begin("long_run", args, argv)
-    with results.workdir() as workdir:
-        try:
-            result = run(args, workdir)
-        except (ChildError, BenchmarkError, OSError, aiohttp.ClientError) as error:
-            _log(f"benchmark failed: {error}")
-            results.keep(workdir / "server.log", ".log")
-            return 1
-        results.keep(workdir / "server.log", ".log")
-        if args.keep_recordings:
-            results.keep(workdir / "recordings", "-recordings")
+    with results.server_workdir(args.keep_recordings) as workdir:
+        result = run(args, workdir)
     table = markdown(results.command, result)
     results.save(results.document(args, **result), table)
     print(table if args.markdown else json.dumps(result, indent=1))

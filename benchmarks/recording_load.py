@@ -26,7 +26,6 @@ from typing import Any
 
 from loadbench import media, receiver, report
 from loadbench.bare import BareOptions, inspect_files, run_bare
-from loadbench.children import ChildError
 from loadbench.environment import use_checkout
 from loadbench.results import Results, add_output_options, exit_with
 
@@ -100,12 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         max_rss_mb=args.max_rss_mb,
     )
     runs: dict[str, dict[str, Any]] = {}
-    try:
-        for kind in kinds:
-            runs[kind] = run_bare(kind, options, media_path, args.out / "recordings" / kind)
-    except ChildError as error:
-        print(f"benchmark failed: {error}", file=sys.stderr)
-        return 1
+    for kind in kinds:
+        runs[kind] = run_bare(kind, options, media_path, args.out / "recordings" / kind)
 
     print("reading the recordings back …", file=sys.stderr, flush=True)
     results = {}

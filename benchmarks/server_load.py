@@ -34,14 +34,13 @@ from typing import Any
 import psutil
 from loadbench import media, sender
 from loadbench.accounting import RECORDED_TARGET_PCT, verify
-from loadbench.children import ChildError, Children, cpu_seconds
+from loadbench.children import Children, cpu_seconds
 from loadbench.machine import SATURATED, MachineWindow
 from loadbench.monitor import PROBE_INTERVAL, PROBE_TIMEOUT, SAMPLE_INTERVAL, Monitor
 from loadbench.report import MB, fmt, mean, percentile, slope, table
 from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
-    BenchmarkError,
     ServerProcess,
     log_summary,
     wait_complete,
@@ -468,20 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     results = Results.begin("server_load", args, argv)
     media_path = results.media()
     media_info = media.load(media_path).describe()
-    with results.workdir() as workdir:
-        try:
-            raw = run_load(args, media_path, workdir)
-        except (ChildError, BenchmarkError, OSError) as error:
-            _log(f"benchmark failed: {error}")
-            results.keep(workdir / "server.log", ".log")
-            return 1
-        recordings = workdir / "recordings"
-        checked = verify(raw.get("sent", {}), recordings, media_path, args.decode)
+    with results.server_workdir(args.keep_recordings) as workdir:
+        raw = run_load(args, media_path, workdir)
+        checked = verify(raw.get("sent", {}), workdir / "recordings", media_path, args.decode)
         summary = summarise(raw, checked, args.sessions)
         summary["serverLog"] = log_summary(workdir / "server.log")
-        results.keep(workdir / "server.log", ".log")
-        if args.keep_recordings:
-            results.keep(recordings, "-recordings")
 
     table = markdown(results.command, summary, checked, media_info)
     document = results.document(

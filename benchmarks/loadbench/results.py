@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from . import media
+from .children import ChildError
 from .environment import environment
+from .server import BenchmarkError
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "results"
+FAILED = 1
 INTERRUPTED = 130
 
 
@@ -69,6 +72,20 @@ class Results:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    @contextlib.contextmanager
+    def server_workdir(self, keep_recordings: bool) -> Iterator[Path]:
+        """:meth:`workdir` for a run of one server, its log in ``server.log`` and its
+        recordings in ``recordings/``: whatever happens, the log is kept as
+        ``OUT/<stem>.log`` (and, with ``keep_recordings``, the recordings as
+        ``OUT/<stem>-recordings``) before the folder goes."""
+        with self.workdir() as folder:
+            try:
+                yield folder
+            finally:
+                self.keep(folder / "server.log", ".log")
+                if keep_recordings:
+                    self.keep(folder / "recordings", "-recordings")
+
     def keep(self, source: Path, suffix: str) -> None:
         """Move ``source`` (a server's log, recordings) to ``OUT/<stem><suffix>``, if it
         exists."""
@@ -97,10 +114,15 @@ class Results:
 
 
 def exit_with(main: Callable[[], int]) -> None:
-    """Exit with ``main()``'s status; on Ctrl-C (every process the run started has been
-    ended by then, in its ``finally`` blocks) with 130."""
+    """Exit with ``main()``'s status. When the run could not be completed (a child process
+    or the server failed or timed out, or a file could not be read or written), with 1,
+    after saying why; on Ctrl-C with 130. Every process the run started has been ended by
+    then, in its ``finally`` blocks."""
     try:
         sys.exit(main())
+    except (ChildError, BenchmarkError, OSError) as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        sys.exit(FAILED)
     except KeyboardInterrupt:
         print("interrupted: every process ended", file=sys.stderr)
         sys.exit(INTERRUPTED)
