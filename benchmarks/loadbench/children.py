@@ -40,6 +40,7 @@ class Children:
         self._inbox: dict[str, deque[Message]] = {}
 
     def start(self, name: str, target: Callable[[Connection, Any], None], config: Any) -> None:
+        """Start ``target(pipe, config)`` in a new process called ``name``."""
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=target, args=(theirs, config), name=name, daemon=True
@@ -51,14 +52,17 @@ class Children:
         self._inbox[name] = deque()
 
     def pid(self, name: str) -> int:
+        """The process id of child ``name``."""
         pid = self._processes[name].pid
         assert pid is not None
         return pid
 
     def names(self, prefix: str) -> list[str]:
+        """The children whose name starts with ``prefix``, in the order they started."""
         return [name for name in self._processes if name.startswith(prefix)]
 
     def send(self, name: str, message: Message) -> None:
+        """Send ``message`` to child ``name``."""
         self._pipes[name].send(message)
 
     def expect(self, name: str, kind: str, timeout: float) -> Message:

@@ -49,6 +49,7 @@ class MachineWindow:
         self._started = time.monotonic()
 
     def end(self) -> dict[str, Any]:
+        """The window, ended now (see the class for each figure)."""
         seconds = time.monotonic() - self._started
         busy = (busy_seconds(psutil.cpu_times()) - busy_seconds(self._times)) / seconds
         pressure = cpu_pressure_seconds()

@@ -112,6 +112,7 @@ class Monitor:
         self._stopping: asyncio.Event | None = None
 
     def start(self) -> None:
+        """Start probing and sampling, on the monitor's own thread."""
         self._thread.start()
         if not self._ready.wait(10):
             raise BenchmarkError("the monitor thread did not start")

@@ -326,6 +326,7 @@ class Publisher:
         return {"type": "rtp", "sessions": await self.rtp()}
 
     async def close(self) -> None:
+        """Close every session still open (within :data:`CLOSE_TIMEOUT`)."""
         await _close_all(list(self.sessions.values()))
 
 

@@ -92,10 +92,12 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
+        """The server's process id (once started)."""
         assert self.process is not None
         return self.process.pid
 
     def url(self, path: str) -> str:
+        """The server's URL for ``path``."""
         return f"http://{LOOPBACK}:{self.port}{path}"
 
     def start(self) -> None:
