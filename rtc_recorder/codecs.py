@@ -88,7 +88,9 @@ class StreamDescriber:
                 head = (
                     opus.OpusHead.parse(self.hints.config)
                     if self.hints.config
-                    else opus.OpusHead(2 if opus.is_stereo(data) else 1)
+                    else opus.OpusHead(
+                        2 if opus.is_stereo(data) else 1, pre_skip=opus.LIBOPUS_PRE_SKIP
+                    )
                 )
                 self.format = TrackFormat(
                     "audio",

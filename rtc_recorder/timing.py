@@ -56,6 +56,11 @@ MAX_SKEW = 2.0
 # The nominal frame interval assumed before a video track has shown its own, and the
 # longest one a frame-rate hint will claim (slower tracks sit on a 30 fps grid too).
 DEFAULT_FRAME_INTERVAL = 1 / 30
+# Frame rates whose grids video is kept on, the ones tried first preferred: 30 fps holds
+# 30, 15 and 10 fps alike. A track's interval within this share of a whole number of a
+# rate's intervals sits on its grid.
+GRID_RATES = (30, 25, 24, 20, 60, 50)
+GRID_TOLERANCE = 0.08
 # A sender report that moves a stream's time by more than this (seconds) is a new clock,
 # taken at once (less is a sender whose reports wander: aiortc stamps them when it sends).
 REPORT_JUMP = 1.0
@@ -266,17 +271,20 @@ class StreamClock:
 
 
 class FrameInterval:
-    """A video track's typical frame interval (the median of recent ones, in seconds,
-    worked out again every 8 frames).
+    """A video track's typical frame interval (the median of the last two seconds' or so,
+    in seconds, worked out again every 15 frames: long enough for a jittery source's to
+    hold still).
 
     The estimate is kept as a plain attribute, so another thread (the writer's) may read
     it while the event loop adds frames."""
 
-    def __init__(self, size: int = 15) -> None:
+    def __init__(self, size: int = 61) -> None:
         self._last: float | None = None
         self._recent: deque[float] = deque(maxlen=size)
         self._count = 0
         self.interval: float | None = None  # None until three intervals were seen
+        # The frame interval of the grid the frames are kept on (see _grid_of).
+        self.grid = DEFAULT_FRAME_INTERVAL
 
     def add(self, media: float) -> None:
         """Note a frame's media time (seconds on the stream's clock)."""
@@ -285,15 +293,20 @@ class FrameInterval:
             return
         self._recent.append(media - last)
         self._count += 1
-        if len(self._recent) >= 3 and (self.interval is None or self._count % 8 == 0):
+        if len(self._recent) >= 3 and (self.interval is None or self._count % 15 == 0):
             self.interval = sorted(self._recent)[len(self._recent) // 2]
+            self.grid = _grid_of(self.interval)
 
-    @property
-    def grid(self) -> float:
-        """The frame interval of the grid video is kept on: the track's own, but never
-        longer than 30 fps's (slower rates of 30/n share that grid)."""
-        interval = self.interval
-        return DEFAULT_FRAME_INTERVAL if interval is None else min(interval, DEFAULT_FRAME_INTERVAL)
+
+def _grid_of(interval: float) -> float:
+    """The frame interval of the grid video is kept on: the common rate a track's frames
+    sit on a grid of (30 fps for 30, 15 or 10 fps, so a track that changes between them
+    keeps one grid), or the track's own interval."""
+    for rate in GRID_RATES:
+        slots = interval * rate
+        if round(slots) >= 1 and abs(slots - round(slots)) <= GRID_TOLERANCE * round(slots):
+            return 1 / rate
+    return interval
 
 
 class Timeline:

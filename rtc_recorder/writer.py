@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .bitstream import opus
 from .containers.base import ContainerWriter, Sample, TrackFormat
 from .encoding import MICROSECOND, MediaItem, TrackProcessor
 from .mimetype import RecordingType
@@ -31,7 +32,7 @@ from .timing import DEFAULT_FRAME_INTERVAL, file_origin
 
 logger = logging.getLogger("rtc_recorder")
 
-BATCH_SECONDS = 0.1  # how often frames go over to the thread
+BATCH_SECONDS = 0.25  # how often frames go over to the thread
 HEADER_DEADLINE = 3.0  # seconds of waiting for a silent track before writing without it
 BACKLOG_LIMIT = 64 * 1024 * 1024  # bytes queued for the thread before frames are refused
 VIDEO_FRAME_US = 33_333  # assumed length of a last video frame
@@ -276,11 +277,21 @@ class RecordingWriter:
         ``samples`` (sorted by time) loses the audio packets left out."""
         video = [s.time / MICROSECOND for s in samples if self._is_video(s.track)]
         audio = [s for s in samples if not self._is_video(s.track)]
-        origin, dropped = file_origin(video, [s.time / MICROSECOND for s in audio], interval)
+        # Players present audio its codec's delay earlier than its packets' times.
+        presented = [(s.time - self._codec_delay(s.track)) / MICROSECOND for s in audio]
+        origin, dropped = file_origin(video, presented, interval)
         for sample in audio[:dropped]:
             samples.remove(sample)
             self.stats.overlapping[sample.track] = self.stats.overlapping.get(sample.track, 0) + 1
         return round(origin * MICROSECOND)
+
+    def _codec_delay(self, track: int) -> int:
+        """An audio track's codec delay in µs (Opus's pre-skip), which players take off."""
+        track_format = self._processors[track].format
+        if track_format is None or track_format.codec != "opus" or len(track_format.config) < 12:
+            return 0
+        pre_skip = int.from_bytes(track_format.config[10:12], "little")
+        return pre_skip * MICROSECOND // opus.SAMPLE_RATE
 
     def _is_video(self, track: int) -> bool:
         return self._processors[track].kind == "video"

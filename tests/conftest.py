@@ -26,3 +26,19 @@ async def strict_loop() -> AsyncIterator[None]:
 def loopback_only() -> None:
     """WebRTC in the tests stays on 127.0.0.1 (see :func:`hold_ice_to_loopback`)."""
     hold_ice_to_loopback()
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every decoder aiortc's decoder threads create (one per stream, on its first frame)."""
+    import aiortc.rtcrtpreceiver as receiver_module
+
+    calls: list[str] = []
+    original = receiver_module.get_decoder
+
+    def counting(codec: Any) -> Any:
+        calls.append(codec.mimeType)
+        return original(codec)
+
+    monkeypatch.setattr(receiver_module, "get_decoder", counting)
+    return calls

@@ -156,10 +156,11 @@ class SyntheticAudio(MediaStreamTrack):
 # -- inspecting recordings ------------------------------------------------------------
 
 
-def ffmpeg_errors(path: str | Path) -> str:
-    """What Debian's ffmpeg says when decoding the whole file (empty: a clean file)."""
+def ffmpeg_errors(path: str | Path, *options: str) -> str:
+    """What Debian's ffmpeg says when decoding the whole file (empty: a clean file), with
+    ``options`` for the output (``-vsync vfr``, say)."""
     result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), *options, "-f", "null", "-"],
         capture_output=True,
         text=True,
         timeout=120,

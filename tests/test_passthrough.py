@@ -69,22 +69,6 @@ async def peers() -> AsyncIterator[Peers]:
     await pair.close()
 
 
-@pytest.fixture
-def decoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Counts aiortc's decoders being created: its decoder thread makes one on its first frame."""
-    import aiortc.rtcrtpreceiver as receiver_module
-
-    calls: list[str] = []
-    original = receiver_module.get_decoder
-
-    def counting(codec: Any) -> Any:
-        calls.append(codec.mimeType)
-        return original(codec)
-
-    monkeypatch.setattr(receiver_module, "get_decoder", counting)
-    return calls
-
-
 def first_video_after(path: Path, instants: list[float]) -> list[bool]:
     """Whether the first video packet after each instant (in the file's millisecond ticks:
     video from before a cut ends in or before the cut's tick) is a keyframe."""

@@ -318,3 +318,14 @@ def test_a_stream_given_up_on_is_placed_by_arrival_at_once() -> None:
     assert clock.reference(3000, 100.05) == pytest.approx(100.05)
     assert clock.reference(6000, 100.09) == pytest.approx(100.05 + 3000 / 90000)
     assert not clock.synchronised
+
+
+# -- the frame-rate grid -----------------------------------------------------------------
+
+
+def test_the_grid_of_30_15_and_10_fps_is_30_fps_and_of_25_and_60_their_own() -> None:
+    for fps, grid_rate in ((30, 30), (15, 30), (10, 30), (25, 25), (20, 20), (60, 60)):
+        frames = FrameInterval()
+        for k in range(20):
+            frames.add(k / fps)
+        assert frames.grid == pytest.approx(1 / grid_rate), fps

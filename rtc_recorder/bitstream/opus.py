@@ -6,6 +6,12 @@ import struct
 from dataclasses import dataclass
 
 SAMPLE_RATE = 48000
+# The encoder delay of libopus at 48 kHz (its look-ahead): decoding a packet gives sound
+# taken this many samples before the packet's timestamp. The encoders of WebRTC senders
+# (Chromium, Firefox, Safari, FFmpeg, GStreamer, aiortc) are libopus, and RTP does not
+# carry it, so a received stream is written with this pre-skip: players then put the sound
+# where it was taken instead of 6.5 ms late.
+LIBOPUS_PRE_SKIP = 312
 
 # Frame duration in 1/400 s units per TOC configuration (0-31): SILK, hybrid, CELT.
 _FRAME_UNITS = [4, 8, 16, 24] * 3 + [4, 8] * 2 + [1, 2, 4, 8] * 4
