@@ -21,21 +21,18 @@ import argparse
 import asyncio
 import datetime
 import functools
-import json
 import os
-import shlex
-import shutil
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import psutil
 import server_load
-from loadbench import media
+from loadbench.accounting import verify
 from loadbench.object_store import (
     BUCKET,
     WEBHOOK_SECRET,
@@ -43,8 +40,8 @@ from loadbench.object_store import (
     WebhookReceiver,
     webhook_receiver,
 )
+from loadbench.results import Results, exit_with
 from loadbench.server import BenchmarkError
-from loadbench.verify import verify
 
 CPU_TARGET_RATIO = 1.2
 UPLOAD_TIMEOUT = 180.0  # from hang-up to every recording.uploaded
@@ -80,7 +77,8 @@ class Receiver:
         """Stop receiving."""
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
 
     def _run(self) -> None:
         self._loop.run_until_complete(self._main())
@@ -129,30 +127,36 @@ def wait_uploaded(receiver: Receiver, raw: dict[str, Any]) -> None:
 
 def run_once(
     args: argparse.Namespace,
+    results: Results,
     media_path: Path,
     label: str,
-    extra: list[str],
-    env: dict[str, str] | None = None,
+    serve_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
     receiver: Receiver | None = None,
 ) -> dict[str, Any]:
-    """One server_load run; its summary (and the upload times, with a receiver)."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"storage_load-{label}-"))
-    try:
-        before = functools.partial(wait_uploaded, receiver) if receiver is not None else None
-        _log(f"{label}: {args.sessions} sessions for {args.seconds:g} s")
-        load = os.getloadavg()[0]
-        raw = server_load.run_load(args, media_path, workdir, extra, env, before)
-        checked = verify(raw, workdir / "recordings", media_path, args.decode)
-        summary = server_load.summarise(raw, checked, args.sessions)
-        summary["loadAverageAtStart"] = load
-        if receiver is not None:
-            times = upload_times(receiver.payloads())
-            summary["uploaded"] = len(times)
-            summary["stopToUploadedSeconds"] = times
-            summary["uploadWaitSeconds"] = raw.get("uploadWaitSeconds")
-        return summary
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    """One server_load run; its summary (and the upload times, with a receiver). The
+    server's log is kept as ``OUT/<stem>-LABEL.log`` (and its recordings, with
+    ``--keep-recordings``, as ``OUT/<stem>-LABEL-recordings``)."""
+    with results.workdir() as workdir:
+        try:
+            before = functools.partial(wait_uploaded, receiver) if receiver is not None else None
+            _log(f"{label}: {args.sessions} sessions for {args.seconds:g} s")
+            load = os.getloadavg()[0]
+            raw = server_load.run_load(args, media_path, workdir, serve_args, env, before)
+            recordings = workdir / "recordings"
+            checked = verify(raw.get("sent", {}), recordings, media_path, args.decode)
+            summary = server_load.summarise(raw, checked, args.sessions)
+        finally:
+            results.keep(workdir / "server.log", f"-{label}.log")
+            if args.keep_recordings:
+                results.keep(workdir / "recordings", f"-{label}-recordings")
+    summary["loadAverageAtStart"] = load
+    if receiver is not None:
+        times = upload_times(receiver.payloads())
+        summary["uploaded"] = len(times)
+        summary["stopToUploadedSeconds"] = times
+        summary["uploadWaitSeconds"] = raw.get("uploadWaitSeconds")
+    return summary
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -164,14 +168,27 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def _cpu_mean(summary: dict[str, Any]) -> float | None:
+    """The server's mean CPU while recording."""
+    return summary.get("serverCpuCoresMean")
+
+
+def cpu_ratio(disk: dict[str, Any], s3: dict[str, Any]) -> float | None:
+    """The upload run's server CPU over the disk run's."""
+    base = _cpu_mean(disk)
+    return (_cpu_mean(s3) or 0) / base if base else None
+
+
+def within_target(disk: dict[str, Any], s3: dict[str, Any]) -> bool:
+    """Whether uploading cost the server at most :data:`CPU_TARGET_RATIO` times its CPU."""
+    ratio = cpu_ratio(disk, s3)
+    return ratio is not None and ratio <= CPU_TARGET_RATIO
+
+
 def markdown(disk: dict[str, Any], s3: dict[str, Any], command: str) -> str:
     """The two runs side by side."""
-
-    def cpu(summary: dict[str, Any]) -> float | None:
-        """The server's mean CPU while recording."""
-        return summary.get("serverCpuCoresMean")
-
-    ratio = (cpu(s3) or 0) / cpu(disk) if cpu(disk) else None
+    cpu = _cpu_mean
+    ratio = cpu_ratio(disk, s3)
     times = sorted(s3.get("stopToUploadedSeconds", {}).values())
     median = times[len(times) // 2] if times else None
     rows = [
@@ -226,7 +243,7 @@ def markdown(disk: dict[str, Any], s3: dict[str, Any], command: str) -> str:
             "",
         ),
     ]
-    verdict = "PASS" if ratio is not None and ratio <= CPU_TARGET_RATIO else "FAIL"
+    verdict = "PASS" if within_target(disk, s3) else "FAIL"
     lines = [
         f"Command: `{command}`",
         "",
@@ -246,28 +263,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "uploading to SeaweedFS (S3) while recording.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Every other option is server_load.py's (--sessions, --seconds, "
-        "--sessions-per-sender, --out, --markdown, --drain, --connect-timeout, --decode; see "
-        "its --help), except --keep-recordings.",
+        "--sessions-per-sender, --out, --markdown, --keep-recordings, --drain, "
+        "--connect-timeout, --decode; see its --help).",
     )
     parser.add_argument("--part-size", type=int, default=5 * 1024 * 1024, help="bytes")
     own, rest = parser.parse_known_args(argv)
     args = server_load.parse_args(rest)
-    if args.keep_recordings:
-        parser.error("--keep-recordings: the recordings of both runs are removed")
     args.part_size = own.part_size
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run both, write the results, print the table with ``--markdown``."""
-    args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    media_path = media.prepare(media.MediaSpec(), args.out)
-    disk = run_once(args, media_path, "disk", [])
-
-    store = SeaweedFS(Path(tempfile.mkdtemp(prefix="storage_load-seaweedfs-")))
+def upload_run(
+    args: argparse.Namespace, results: Results, media_path: Path, store: SeaweedFS
+) -> dict[str, Any]:
+    """The run uploading to ``store`` (started here), with a webhook receiver."""
     receiver = Receiver()
     try:
         store.start()
@@ -275,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         assert store.process is not None
         weed = psutil.Process(store.process.pid)
         weed_cpu, began = _cpu(weed), time.monotonic()
-        extra = [
+        serve_args = [
             "--storage", f"s3://{BUCKET}/storage_load",
             "--s3-endpoint", store.endpoint,
             "--part-size", str(args.part_size),
@@ -283,23 +292,29 @@ def main(argv: list[str] | None = None) -> int:
             "--webhook", url,
             "--webhook-secret", WEBHOOK_SECRET,
         ]  # fmt: skip
-        s3 = run_once(args, media_path, "s3", extra, store.environment, receiver)
+        s3 = run_once(args, results, media_path, "s3", serve_args, store.environment, receiver)
         s3["storeCpuCores"] = (_cpu(weed) - weed_cpu) / (time.monotonic() - began)
+        return s3
     finally:
         receiver.stop()
         store.stop()
-        shutil.rmtree(store.folder, ignore_errors=True)
 
-    table = markdown(disk, s3, command)
-    stem = f"storage_load-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    document = {"command": command, "disk": disk, "s3": s3}
-    (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1, default=str))
-    (args.out / f"{stem}.md").write_text(table + "\n")
-    _log(f"results: {args.out / f'{stem}.json'}")
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both, write the results, print the table with ``--markdown``; 3 if uploading
+    cost more than the target."""
+    args = parse_args(argv)
+    results = Results.begin("storage_load", args, argv)
+    media_path = results.media()
+    disk = run_once(args, results, media_path, "disk")
+    with results.workdir() as folder:
+        s3 = upload_run(args, results, media_path, SeaweedFS(folder / "seaweedfs"))
+    table = markdown(disk, s3, results.command)
+    results.save(results.document(args, disk=disk, s3=s3), table)
     if args.markdown:
         print(table)
-    return 0
+    return 0 if within_target(disk, s3) else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -234,8 +234,9 @@ class StreamClock:
     def place_by_arrival(self) -> None:
         """Give up on the sender's clock for this stream (its reports never came, or never
         made sense): its frames are placed by their own timestamps and arrival from now."""
-        if self._sender is not None or self._private is None:
-            logger.warning("a stream's sender clock never settled: placing it by arrival")
+        if self._sender is None and self._private is not None and not self._own_time:
+            return  # already so
+        logger.warning("a stream's sender clock never settled: placing it by arrival")
         self._sender = None
         self._own_time = False
         self._private = SenderClock(0.0)
@@ -283,6 +284,8 @@ class FrameInterval:
         self._recent: deque[float] = deque(maxlen=size)
         self._count = 0
         self.interval: float | None = None  # None until three intervals were seen
+        # The frame interval of the grid the frames are kept on (see _grid_of).
+        self.grid = DEFAULT_FRAME_INTERVAL
 
     def add(self, media: float) -> None:
         """Note a frame's media time (seconds on the stream's clock)."""
@@ -293,20 +296,18 @@ class FrameInterval:
         self._count += 1
         if len(self._recent) >= 3 and (self.interval is None or self._count % 15 == 0):
             self.interval = sorted(self._recent)[len(self._recent) // 2]
+            self.grid = _grid_of(self.interval)
 
-    @property
-    def grid(self) -> float:
-        """The frame interval of the grid video is kept on: the common rate the track's
-        frames sit on a grid of (30 fps for 30, 15 or 10 fps, so a track that changes
-        between them keeps one grid), or the track's own interval."""
-        interval = self.interval
-        if interval is None:
-            return DEFAULT_FRAME_INTERVAL
-        for rate in GRID_RATES:
-            slots = interval * rate
-            if round(slots) >= 1 and abs(slots - round(slots)) <= GRID_TOLERANCE * round(slots):
-                return 1 / rate
-        return interval
+
+def _grid_of(interval: float) -> float:
+    """The frame interval of the grid video is kept on: the common rate a track's frames
+    sit on a grid of (30 fps for 30, 15 or 10 fps, so a track that changes between them
+    keeps one grid), or the track's own interval."""
+    for rate in GRID_RATES:
+        slots = interval * rate
+        if round(slots) >= 1 and abs(slots - round(slots)) <= GRID_TOLERANCE * round(slots):
+            return 1 / rate
+    return interval
 
 
 class Timeline:

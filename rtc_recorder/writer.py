@@ -32,7 +32,7 @@ from .timing import DEFAULT_FRAME_INTERVAL, file_origin
 
 logger = logging.getLogger("rtc_recorder")
 
-BATCH_SECONDS = 0.1  # how often frames go over to the thread
+BATCH_SECONDS = 0.25  # how often frames go over to the thread
 HEADER_DEADLINE = 3.0  # seconds of waiting for a silent track before writing without it
 BACKLOG_LIMIT = 64 * 1024 * 1024  # bytes queued for the thread before frames are refused
 VIDEO_FRAME_US = 33_333  # assumed length of a last video frame

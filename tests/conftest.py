@@ -37,3 +37,19 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     store.start()
     yield store
     store.stop()
+
+
+@pytest.fixture
+def decoder_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every decoder aiortc's decoder threads create (one per stream, on its first frame)."""
+    import aiortc.rtcrtpreceiver as receiver_module
+
+    calls: list[str] = []
+    original = receiver_module.get_decoder
+
+    def counting(codec: Any) -> Any:
+        calls.append(codec.mimeType)
+        return original(codec)
+
+    monkeypatch.setattr(receiver_module, "get_decoder", counting)
+    return calls

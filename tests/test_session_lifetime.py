@@ -18,22 +18,6 @@ from .media import ffmpeg_errors, wait_for
 from .server_support import next_event, publish, running_app
 
 
-@pytest.fixture
-def decoders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every decoder aiortc's decoder threads create (one per stream, on its first frame)."""
-    import aiortc.rtcrtpreceiver as receiver_module
-
-    created: list[str] = []
-    original = receiver_module.get_decoder
-
-    def counting(codec: Any) -> Any:
-        created.append(codec.mimeType)
-        return original(codec)
-
-    monkeypatch.setattr(receiver_module, "get_decoder", counting)
-    return created
-
-
 def taps_of(client: Any, session: str) -> list[hooks.ReceiverTap]:
     stream = client.server.app[SESSIONS].get(session).stream
     taps = [hooks.tap_track(track) for track in stream]
@@ -43,16 +27,16 @@ def taps_of(client: Any, session: str) -> list[hooks.ReceiverTap]:
 
 async def frames_assembled(taps: list[hooks.ReceiverTap], count: int) -> None:
     """Wait until every tap has assembled ``count`` more frames."""
-    targets = [tap.assembler.counters.frames + count for tap in taps]
+    targets = [tap.frames_seen + count for tap in taps]
     await wait_for(
-        lambda: all(t.assembler.counters.frames >= n for t, n in zip(taps, targets, strict=True)),
+        lambda: all(t.frames_seen >= n for t, n in zip(taps, targets, strict=True)),
         15,
         "frames to arrive",
     )
 
 
 async def test_no_frame_is_decoded_connected_recording_or_between_recordings(
-    tmp_path: Path, decoders: list[str]
+    tmp_path: Path, decoder_calls: list[str]
 ) -> None:
     async with running_app(recordings=tmp_path) as client:
         publisher = await publish(client)
@@ -68,23 +52,23 @@ async def test_no_frame_is_decoded_connected_recording_or_between_recordings(
             stopped = await next_event(socket, "stop")
             assert not ffmpeg_errors(tmp_path / stopped["name"])
             await frames_assembled(taps, 30)
-        assert decoders == []
+        assert decoder_calls == []
         assert all(tap.frames_to_decoder == 0 and not tap.decoding for tap in taps)
         await socket.close()
         await publisher.close()
 
 
 async def test_a_reader_of_decoded_frames_gets_them_and_only_then_is_anything_decoded(
-    tmp_path: Path, decoders: list[str]
+    tmp_path: Path, decoder_calls: list[str]
 ) -> None:
     async with running_app(recordings=tmp_path) as client:
         publisher = await publish(client)
         session = client.server.app[SESSIONS].get(publisher.session)
         video = next(track for track in session.stream if track.kind == "video")
         await frames_assembled(taps_of(client, publisher.session), 10)
-        assert decoders == []
+        assert decoder_calls == []
         frame = await asyncio.wait_for(video.recv(), 10)  # somebody wants pictures
-        assert frame.width == 320 and decoders == ["video/VP8"]
+        assert frame.width == 320 and decoder_calls == ["video/VP8"]
         await publisher.close()
 
 
