@@ -252,7 +252,7 @@ async def test_a_store_down_for_20_seconds_neither_slows_nor_damages_the_recordi
         key = f"{tmp_path.name}/{name}"
         async with seaweedfs.s3() as s3:
             await until_parts(s3, key, 2)
-        seaweedfs.stop()
+        await asyncio.to_thread(seaweedfs.stop)  # the publisher keeps sending meanwhile
         # The outage in the file's time, as the recorder counts it (so that SeaweedFS
         # starting again, a burst of CPU on a small machine, stays outside it).
         outage = [await recorded_seconds(http, publisher.session), 0.0]
@@ -317,7 +317,7 @@ async def test_sigterm_with_the_store_down_exits_within_the_bound_and_the_next_s
         key += name
         file = spool / name
         await wait_for(lambda: file.exists() and file.stat().st_size > 50_000, 15, "media")
-        seaweedfs.stop()
+        await asyncio.to_thread(seaweedfs.stop)  # the publisher keeps sending meanwhile
         try:
             process.terminate()
             # The upload can never finish meanwhile: a server that waited for it, past the
