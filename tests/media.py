@@ -363,16 +363,24 @@ class EncodedMedia:
 
 
 def encode_sync_source(
-    seconds: float, width: int = 320, height: int = 240, keyframe_every: int = 15
+    seconds: float,
+    width: int = 320,
+    height: int = 240,
+    keyframe_every: int = 15,
+    video_codec: str = "vp8",
 ) -> tuple[EncodedMedia, EncodedMedia]:
-    """VP8 video that flashes white and Opus audio that beeps at the same source instants
-    (see :func:`in_flash`), encoded offline."""
-    video = av.CodecContext.create("libvpx", "w")
+    """VP8 (or H.264, constrained baseline in Annex B) video that flashes white and Opus
+    audio that beeps at the same source instants (see :func:`in_flash`), encoded offline."""
+    if video_codec == "h264":
+        video = av.CodecContext.create("libx264", "w")
+        video.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"}
+    else:
+        video = av.CodecContext.create("libvpx", "w")
+        video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     video.time_base = fractions.Fraction(1, VIDEO_RATE)
     video.framerate = fractions.Fraction(30, 1)
     video.bit_rate = 600_000
-    video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     source = SyntheticVideo(width=width, height=height)
     packets = []
     for index in range(int(seconds * 30)):
@@ -396,7 +404,7 @@ def encode_sync_source(
         for packet in audio.encode(frame):
             # the encoder's lookahead shifts its timestamps back; keep the source's timing
             opus.append((len(opus) * 0.02, bytes(packet), True))
-    return EncodedMedia("vp8", packets, VIDEO_RATE), EncodedMedia("opus", opus, AUDIO_RATE)
+    return EncodedMedia(video_codec, packets, VIDEO_RATE), EncodedMedia("opus", opus, AUDIO_RATE)
 
 
 async def _frame_at(source: SyntheticVideo, index: int) -> av.VideoFrame:
