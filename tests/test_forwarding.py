@@ -197,6 +197,50 @@ async def test_subscribers_keyframe_requests_reach_the_publisher_one_for_many() 
     await publication.close()
 
 
+async def test_loss_before_the_server_holds_video_until_a_fresh_keyframe(
+    decoder_calls: list[str],
+) -> None:
+    publication = await live()
+    forwarder = Forwarder(publication.stream)
+    viewer = Viewer()
+    subscription, _ = await subscribe(forwarder, viewer)
+    await first_frame(viewer, "video")
+    await frames_after(viewer.logs["video"], 30)
+    # One video packet never reaches the server's assembler (nor does its retransmission).
+    tap = publication.tap("video")
+    assemble = tap.assembler.push
+    lost: list[int] = []
+
+    def lossy(packet: Any, now: float) -> Any:
+        if not lost or packet.sequence == lost[0]:
+            lost[:] = [packet.sequence]
+            return []
+        return assemble(packet, now)
+
+    before = subscription.stats()["video"]
+    requests = forwarder.keyframe_requests
+    tap.assembler.push = lossy  # type: ignore[method-assign]
+    log = publication.logs["video"]
+    await wait_for(lambda: any(not a.frame.complete or a.frame.gap for a in log.frames), 10, "loss")
+    damaged = next(i for i, a in enumerate(log.frames) if not a.frame.complete or a.frame.gap)
+    received_before = len(viewer.frames("video"))
+    await frames_after(viewer.logs["video"], 15)
+    after = viewer.frames("video")[received_before:]
+    # Nothing from the damaged frame to the next keyframe: that keyframe, asked for, and on.
+    keyframe = next(a for a in log.frames[damaged:] if a.keyframe)
+    assert after[0].frame.data == keyframe.frame.data
+    skipped = log.frames[damaged : log.frames.index(keyframe)]
+    assert not {a.frame.data for a in skipped} & {a.frame.data for a in viewer.frames("video")}
+    stats = subscription.stats()["video"]
+    assert stats["waits"] - before["waits"] == 1
+    assert stats["skipped"] - before["skipped"] == len(skipped)
+    assert forwarder.keyframe_requests > requests
+    assert decode_errors(viewer.frames("video"))[1] == 0
+    assert decoder_calls == []
+    await viewer.close()
+    await publication.close()
+
+
 async def test_a_stalled_subscriber_loses_old_frames_and_holds_up_nobody(
     decoder_calls: list[str],
 ) -> None:
@@ -299,22 +343,39 @@ async def test_audio_and_video_reach_the_subscriber_in_the_publishers_sync(
     monkeypatch.setattr(forward._Feed, "_on_frame", late_video)
     publication = await pre_encoded("vp8")
     forwarder = Forwarder(publication.stream)
-    viewer = Viewer()
+    viewer, sent_time_viewer = Viewer(), Viewer()
     await subscribe(forwarder, viewer)
+    # The other one gets aiortc's own reports: RTP time paired with when it was sent.
+    sent_time, _ = await subscribe(forwarder, sent_time_viewer)
+    for track in sent_time.tracks.values():
+        track.report_timestamp = lambda ntp, rtp: rtp  # type: ignore[method-assign]
 
-    def placed(kind: str) -> list[tuple[Any, Any]]:
+    def placed(viewer: Viewer, kind: str) -> list[tuple[Any, Any]]:
         """Frames placed in time on both sides (by their senders' reports)."""
         pairs = matched(publication.logs[kind].frames, viewer.frames(kind))
         return [(s, r) for s, r in pairs if s.frame.reference and r.frame.reference]
 
-    await wait_for(lambda: len(placed("video")) > 30 and len(placed("audio")) > 50, 20, "sync")
-    offsets = {
-        kind: statistics.median(r.frame.reference - s.frame.reference for s, r in placed(kind))
-        for kind in ("audio", "video")
-    }
-    print(f"\nsubscriber minus publisher reference: {offsets}")
-    assert abs(offsets["video"] - offsets["audio"]) < 0.015
-    await viewer.close()
+    def offset(viewer: Viewer) -> float:
+        """How much later than audio the viewer places video, against the publisher."""
+        video, audio = (
+            statistics.median(r.frame.reference - s.frame.reference for s, r in placed(viewer, k))
+            for k in ("video", "audio")
+        )
+        return video - audio
+
+    await wait_for(
+        lambda: all(
+            len(placed(v, "video")) > 30 and len(placed(v, "audio")) > 50
+            for v in (viewer, sent_time_viewer)
+        ),
+        20,
+        "both viewers' clocks",
+    )
+    print(f"\nvideo late by {offset(viewer):.4f} s ({offset(sent_time_viewer):.4f} s by sent time)")
+    assert abs(offset(viewer)) < 0.015
+    assert offset(sent_time_viewer) > 0.1
+    for each in (viewer, sent_time_viewer):
+        await each.close()
     await publication.close()
 
 
