@@ -690,10 +690,6 @@ class Forwarder:
         """Keyframe requests passed to the publisher by the feeds in use."""
         return sum(feed.requests_sent for feed in self._feeds.values())
 
-    def codecs(self) -> dict[str, RTCRtpCodecParameters]:
-        """The codec of each kind the publisher sends (what subscribers must accept)."""
-        return {kind: codec for kind, (_, codec) in self._sources().items()}
-
     def subscribe(self, pc: RTCPeerConnection) -> Subscription:
         """Make ``pc`` (which has taken a subscriber's offer and not yet answered) send the
         publisher's media: each kind the subscriber receives and the publisher sends is
