@@ -75,6 +75,17 @@ class Publication:
             assert tap is not None
             self.logs[track.kind] = FrameLog(tap)
         await wait_for(lambda: all(log.frames for log in self.logs.values()), 10, "media")
+        await wait_for(self._steady, 10, "the publisher to catch up with its clock")
+
+    def _steady(self) -> bool:
+        """Whether the publisher sends in real time: its sources' clock ran while it was
+        connecting, and it first sends what it is behind by in a burst."""
+        log = self.logs.get("audio") or self.logs["video"]
+        if len(log.frames) < 10:
+            return False
+        first, last = log.frames[-10], log.frames[-1]
+        media = (last.frame.timestamp - first.frame.timestamp) / first.frame.clock_rate
+        return last.seen - first.seen >= 0.8 * media
 
     def tap(self, kind: str) -> hooks.ReceiverTap:
         return self.logs[kind].tap

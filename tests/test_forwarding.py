@@ -225,12 +225,16 @@ async def test_loss_before_the_server_holds_video_until_a_fresh_keyframe(
     damaged = next(i for i, a in enumerate(log.frames) if not a.frame.complete or a.frame.gap)
     received_before = len(viewer.frames("video"))
     await frames_after(viewer.logs["video"], 15)
-    after = viewer.frames("video")[received_before:]
+    # Frames are told apart by their timestamps (a live encoder repeats bytes now and then):
+    # the viewer's are the server's plus a constant (the first frames show it).
+    (sent, received), *_ = matched(log.frames, viewer.frames("video"))
+    shift = received.frame.timestamp - sent.frame.timestamp
+    got = [a.frame.timestamp - shift for a in viewer.frames("video")]
     # Nothing from the damaged frame to the next keyframe: that keyframe, asked for, and on.
     keyframe = next(a for a in log.frames[damaged:] if a.keyframe)
-    assert after[0].frame.data == keyframe.frame.data
+    assert got[received_before] == keyframe.frame.timestamp
     skipped = log.frames[damaged : log.frames.index(keyframe)]
-    assert not {a.frame.data for a in skipped} & {a.frame.data for a in viewer.frames("video")}
+    assert not {a.frame.timestamp for a in skipped} & set(got)
     stats = subscription.stats()["video"]
     assert stats["waits"] - before["waits"] == 1
     assert stats["skipped"] - before["skipped"] == len(skipped)
@@ -245,7 +249,7 @@ async def test_a_stalled_subscriber_loses_old_frames_and_holds_up_nobody(
     decoder_calls: list[str],
 ) -> None:
     publication = await live()
-    forwarder = Forwarder(publication.stream, max_age=0.5)
+    forwarder = Forwarder(publication.stream)
     steady, stalled = Viewer(), Viewer()
     await subscribe(forwarder, steady)
     # The stalled one's answer is held back: its connection does not come up, so its

@@ -23,17 +23,17 @@ _counter = itertools.count()
 
 
 def frame(
-    arrival: float,
+    at: float,
     *,
     keyframe: bool = False,
     complete: bool = True,
     gap: bool = False,
     size: int = 100,
 ) -> ForwardedFrame:
-    """A frame with distinct data, arrived at ``arrival``."""
+    """A frame with distinct data, taken at ``at``."""
     number = next(_counter)
     data = number.to_bytes(8, "big") + bytes(size - 8)
-    return ForwardedFrame(data, number, arrival, arrival, keyframe, complete, gap)
+    return ForwardedFrame(data, number, at, keyframe, complete, gap)
 
 
 def drain(queue: ForwardQueue, now: float) -> list[ForwardedFrame]:
@@ -49,7 +49,7 @@ def drain(queue: ForwardQueue, now: float) -> list[ForwardedFrame]:
 def test_video_starts_on_a_keyframe() -> None:
     queue = ForwardQueue(video=True)
     deltas = [frame(0.0), frame(0.033)]
-    assert not any(queue.push(f, f.arrival) for f in deltas)
+    assert not any(queue.push(f, f.instant) for f in deltas)
     key, after = frame(0.066, keyframe=True), frame(0.1)
     assert queue.push(key, 0.066) and queue.push(after, 0.1)
     assert drain(queue, 0.1) == [key, after]
@@ -60,7 +60,7 @@ def test_audio_needs_no_keyframe() -> None:
     queue = ForwardQueue(video=False)
     sounds = [frame(t / 50) for t in range(3)]
     for item in sounds:
-        queue.push(item, item.arrival)
+        queue.push(item, item.instant)
     assert drain(queue, 0.1) == sounds
 
 
@@ -68,7 +68,7 @@ def test_an_incomplete_frame_holds_video_until_the_next_keyframe() -> None:
     queue = ForwardQueue(video=True)
     before = [frame(0.0, keyframe=True), frame(0.033)]
     for item in before:
-        queue.push(item, item.arrival)
+        queue.push(item, item.instant)
     assert not queue.push(frame(0.066, complete=False), 0.066)
     assert queue.waiting and queue.stats.waits == 1
     assert not queue.push(frame(0.1), 0.1)
@@ -98,17 +98,24 @@ def test_stale_audio_is_dropped_oldest_first() -> None:
     queue = ForwardQueue(video=False, max_age=1.0)
     sounds = [frame(t * 0.5) for t in range(4)]  # 0, 0.5, 1.0, 1.5
     for item in sounds:
-        queue.push(item, item.arrival)
+        queue.push(item, item.instant)
     # At 2.2 the frames of 0.0, 0.5 and 1.0 are over a second old.
     assert drain(queue, 2.2) == sounds[3:]
     assert queue.stats.dropped == 3
+
+
+def test_a_frames_wait_counts_from_when_it_was_queued() -> None:
+    queue = ForwardQueue(video=False, max_age=0.5)
+    late = frame(0.0)  # held 0.45 s for a retransmission before it came here
+    queue.push(late, 0.45)
+    assert drain(queue, 0.9) == [late]
 
 
 def test_stale_video_is_dropped_back_to_the_latest_keyframe() -> None:
     queue = ForwardQueue(video=True, max_age=1.0)
     items = [frame(0.0, keyframe=True), frame(0.5), frame(1.0, keyframe=True), frame(1.5)]
     for item in items:
-        queue.push(item, item.arrival)
+        queue.push(item, item.instant)
     assert drain(queue, 1.8) == items[2:]
     assert not queue.waiting
 
@@ -116,7 +123,7 @@ def test_stale_video_is_dropped_back_to_the_latest_keyframe() -> None:
 def test_stale_video_without_a_later_keyframe_is_all_dropped_and_waits() -> None:
     queue = ForwardQueue(video=True, max_age=1.0)
     for item in [frame(0.0, keyframe=True), frame(0.5), frame(0.9)]:
-        queue.push(item, item.arrival)
+        queue.push(item, item.instant)
     assert drain(queue, 1.2) == []
     assert queue.waiting and queue.stats.dropped == 3 and queue.size == 0
     assert not queue.push(frame(1.3), 1.3)

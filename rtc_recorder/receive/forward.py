@@ -77,10 +77,10 @@ logger = logging.getLogger("rtc_recorder")
 
 # Seconds between two keyframe requests passed to one publisher.
 KEYFRAME_INTERVAL = 0.5
-# A subscriber's frames older than this (from their arrival here) are not sent: a frame
-# waits here at most this long for a sender that is not reading (a connection still
-# being set up, a stall). Longer than the assembler's wait for retransmissions (0.5 s).
-MAX_AGE = 2.0
+# Seconds a frame may wait for a subscriber's sender (one still connecting, or stalled):
+# older, it is not sent. A subscriber whose connection takes longer to come up than this
+# starts on a fresh keyframe rather than on a burst of old media.
+MAX_AGE = 0.5
 # The most bytes one subscriber's track may hold, whatever the publisher sends.
 MAX_BYTES = 4 << 20
 # Seconds from the NTP epoch (1900) to the Unix epoch (1970).
@@ -185,7 +185,6 @@ class ForwardedFrame:
     data: bytes
     timestamp: int  # the subscriber's (see ForwardTimestamps)
     instant: float  # when it was taken, on the monotonic clock (its arrival if not known)
-    arrival: float
     keyframe: bool = False
     complete: bool = True
     gap: bool = False
@@ -207,8 +206,8 @@ class ForwardQueue:
 
     Video starts on a keyframe, and waits for the next one after loss (an incomplete frame,
     or a gap before a frame that is not a keyframe) or after frames had to be dropped.
-    Nothing stays older than ``max_age`` (from its arrival) and the queue holds at most
-    ``max_bytes``: audio loses its oldest frames, video everything before its latest
+    Nothing waits longer than ``max_age`` (from when it was pushed) and the queue holds at
+    most ``max_bytes``: audio loses its oldest frames, video everything before its latest
     keyframe (all of it if none is queued, and then waits).
     """
 
@@ -220,7 +219,7 @@ class ForwardQueue:
         self.max_bytes = max_bytes
         self.stats = QueueStats()
         self.waiting = video  # for a keyframe
-        self._items: deque[ForwardedFrame] = deque()
+        self._items: deque[tuple[float, ForwardedFrame]] = deque()  # (pushed at, frame)
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -242,17 +241,17 @@ class ForwardQueue:
                 self.stats.skipped += 1
                 return False
             self.waiting = False
-        self._items.append(frame)
+        self._items.append((now, frame))
         self._bytes += len(frame.data)
         self._trim(now)
-        return bool(self._items) and self._items[-1] is frame
+        return bool(self._items) and self._items[-1][1] is frame
 
     def pop(self, now: float) -> ForwardedFrame | None:
         """The next frame to send, if any (what became too old is dropped first)."""
         self._trim(now)
         if not self._items:
             return None
-        frame = self._items.popleft()
+        _, frame = self._items.popleft()
         self._bytes -= len(frame.data)
         self.stats.forwarded += 1
         return frame
@@ -268,14 +267,14 @@ class ForwardQueue:
             self.stats.waits += 1
 
     def _over(self, now: float) -> bool:
-        return self._bytes > self.max_bytes or now - self._items[0].arrival > self.max_age
+        return self._bytes > self.max_bytes or now - self._items[0][0] > self.max_age
 
     def _trim(self, now: float) -> None:
         while self._items and self._over(now):
             if not self.video:
                 self._drop(1)
                 continue
-            keyframes = [i for i, f in enumerate(self._items) if f.keyframe and i > 0]
+            keyframes = [i for i, (_, f) in enumerate(self._items) if f.keyframe and i > 0]
             if not keyframes:
                 self._drop(len(self._items))
                 self._wait()
@@ -284,7 +283,7 @@ class ForwardQueue:
 
     def _drop(self, count: int) -> None:
         for _ in range(count):
-            self._bytes -= len(self._items.popleft().data)
+            self._bytes -= len(self._items.popleft()[1].data)
         self.stats.dropped += count
 
 
@@ -517,7 +516,6 @@ class _Feed:
             data=frame.data,
             timestamp=self._timestamps.of(frame.ssrc, frame.timestamp, frame.arrival),
             instant=frame.reference if frame.reference is not None else frame.arrival,
-            arrival=frame.arrival,
             keyframe=keyframe,
             complete=frame.complete,
             gap=frame.gap,
