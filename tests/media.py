@@ -363,13 +363,17 @@ class EncodedMedia:
 
 
 def encode_sync_source(
-    seconds: float, width: int = 320, height: int = 240, keyframe_every: int = 15
+    seconds: float,
+    width: int = 320,
+    height: int = 240,
+    keyframe_every: int = 15,
+    video_codec: str = "vp8",
 ) -> tuple[EncodedMedia, EncodedMedia]:
-    """VP8 video that flashes white and Opus audio that beeps at the same source instants
-    (see :func:`in_flash`), encoded offline."""
+    """VP8 (or H.264, constrained baseline in Annex B) video that flashes white and Opus
+    audio that beeps at the same source instants (see :func:`in_flash`), encoded offline."""
     source = SyntheticVideo(width=width, height=height)
     pictures = (asyncio.run(_frame_at(source, index)) for index in range(int(seconds * 30)))
-    video = _encode_vp8(pictures, width, height, 600_000, keyframe_every)
+    video = _encode_video(pictures, width, height, 600_000, keyframe_every, video_codec)
     audio = av.CodecContext.create("libopus", "w")
     audio.sample_rate, audio.layout, audio.format = AUDIO_RATE, "mono", "s16"
     audio.time_base = fractions.Fraction(1, AUDIO_RATE)
@@ -385,16 +389,25 @@ def encode_sync_source(
     return video, EncodedMedia("opus", opus, AUDIO_RATE)
 
 
-def _encode_vp8(
-    pictures: Iterator[av.VideoFrame], width: int, height: int, bitrate: int, keyframe_every: int
+def _encode_video(
+    pictures: Iterator[av.VideoFrame],
+    width: int,
+    height: int,
+    bitrate: int,
+    keyframe_every: int,
+    codec: str = "vp8",
 ) -> EncodedMedia:
-    """30 fps VP8 of ``pictures``, a keyframe every ``keyframe_every`` frames."""
-    video = av.CodecContext.create("libvpx", "w")
+    """30 fps VP8 (or H.264) of ``pictures``, a keyframe every ``keyframe_every`` frames."""
+    if codec == "h264":
+        video = av.CodecContext.create("libx264", "w")
+        video.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline"}
+    else:
+        video = av.CodecContext.create("libvpx", "w")
+        video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     video.width, video.height, video.pix_fmt = width, height, "yuv420p"
     video.time_base = fractions.Fraction(1, VIDEO_RATE)
     video.framerate = fractions.Fraction(30, 1)
     video.bit_rate = bitrate
-    video.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
     packets = []
     for index, frame in enumerate(pictures):
         frame.pict_type = (
@@ -404,7 +417,7 @@ def _encode_vp8(
         )
         for packet in video.encode(frame):
             packets.append((float(packet.pts) / VIDEO_RATE, bytes(packet), packet.is_keyframe))
-    return EncodedMedia("vp8", packets, VIDEO_RATE)
+    return EncodedMedia(codec, packets, VIDEO_RATE)
 
 
 def encode_dense_video(
@@ -423,7 +436,7 @@ def encode_dense_video(
             frame.pts = index * VIDEO_RATE // 30
             yield frame
 
-    return _encode_vp8(pictures(), width, height, bitrate, keyframe_every)
+    return _encode_video(pictures(), width, height, bitrate, keyframe_every)
 
 
 async def _frame_at(source: SyntheticVideo, index: int) -> av.VideoFrame:

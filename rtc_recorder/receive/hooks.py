@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiortc
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpCodecParameters
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpreceiver import RemoteStreamTrack, RTCRtpReceiver
 from aiortc.rtp import RtcpSrPacket, RtpPacket
@@ -166,6 +166,7 @@ class ReceiverTap:
         self._subscriptions: list[Subscription] = []
         self._holders: dict[int, weakref.finalize[Any, Any]] = {}
         self._codec_names: dict[int, tuple[str, int]] = {}  # payload type -> (name, rate)
+        self._payload_type: int | None = None  # of the latest media packet
         self._clocks: dict[int, StreamClock] = {}  # ssrc -> its clock
         self._reports: dict[int, tuple[float, int]] = {}  # ssrc -> (NTP seconds, RTP ts)
         self._latest: tuple[int, int] | None = None  # (32-bit, extended) last timestamp
@@ -283,6 +284,7 @@ class ReceiverTap:
         codec = self._codec(packet.payload_type)
         if codec is None:
             return
+        self._payload_type = packet.payload_type
         now = time.monotonic()
         if not self._subscriptions:
             self._observe(packet, codec, now)
@@ -321,10 +323,7 @@ class ReceiverTap:
             codec = codecs.get(payload_type)
             if codec is None:
                 return None
-            known = self._codec_names[payload_type] = (
-                codec.mimeType.split("/")[1].lower(),
-                int(codec.clockRate),
-            )
+            known = self._codec_names[payload_type] = (codec_name(codec), int(codec.clockRate))
         return known
 
     def _deliver(self, codec: tuple[str, int], frame: Frame) -> None:
@@ -424,12 +423,26 @@ class ReceiverTap:
 
     def negotiated_codecs(self) -> list[str]:
         """The media codecs negotiated for this receiver, the preferred first."""
+        return [codec_name(codec) for codec in self.negotiated_codec_parameters()]
+
+    def negotiated_codec_parameters(self) -> list[RTCRtpCodecParameters]:
+        """The media codecs negotiated for this receiver (with their format parameters), the
+        preferred first."""
         for pc in list(_peer_connections):
             for transceiver in pc.getTransceivers():
                 if transceiver.receiver is self._receiver:
-                    names = [c.mimeType.split("/")[1].lower() for c in transceiver._codecs]
-                    return [str(n) for n in names if n not in NOT_MEDIA]
+                    codecs: list[RTCRtpCodecParameters] = transceiver._codecs
+                    return [c for c in codecs if codec_name(c) not in NOT_MEDIA]
         return []
+
+    def codec_parameters(self) -> RTCRtpCodecParameters | None:
+        """The codec the sender sends (that of its latest packet), or before any packet the
+        one it will most likely use (the first negotiated)."""
+        codecs: dict[int, RTCRtpCodecParameters] = getattr(self._receiver, _CODECS, {})
+        if self._payload_type is not None and self._payload_type in codecs:
+            return codecs[self._payload_type]
+        negotiated = self.negotiated_codec_parameters()
+        return negotiated[0] if negotiated else None
 
     def predicted_codec(self) -> str | None:
         """The codec the sender will most likely use: the first one negotiated."""
@@ -475,6 +488,12 @@ class ReceiverTap:
         self._pli_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.debug("PLI failed: %s", task.exception())
+
+
+def codec_name(codec: RTCRtpCodecParameters) -> str:
+    """A codec's name as frames carry it: aiortc's, lower case (``vp8``, ``h264``,
+    ``opus``, ``rtx``)."""
+    return str(codec.mimeType.split("/")[1].lower())
 
 
 def _signed32(delta: int) -> int:
