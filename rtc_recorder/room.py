@@ -288,8 +288,8 @@ class RoomRecorder(EventEmitter):
             return self._resolved()
         self._state = "paused"
         timeline.pause(time.monotonic())
-        for member in self._recording_members():
-            member.recorder.pause()  # type: ignore[union-attr]
+        for recorder in self._recorders():
+            recorder.pause()
         self._publish()
         return self._queue(Event("pause"))
 
@@ -300,8 +300,8 @@ class RoomRecorder(EventEmitter):
             return self._resolved()
         self._state = "recording"
         timeline.resume(time.monotonic())
-        for member in self._recording_members():
-            member.recorder.resume()  # type: ignore[union-attr]
+        for recorder in self._recorders():
+            recorder.resume()
         self._publish()
         return self._queue(Event("resume"))
 
@@ -309,7 +309,7 @@ class RoomRecorder(EventEmitter):
         """``dataavailable`` for every file with what it gathered since its last chunk."""
         self._active("requestData")
         assert self._mix is not None
-        parts = [m.recorder.requestData() for m in self._recording_members()]  # type: ignore[union-attr]
+        parts = [recorder.requestData() for recorder in self._recorders()]
         mixed = self._future()
         self._mix_waiters.append(mixed)
         self._mix.request_data()
@@ -433,8 +433,9 @@ class RoomRecorder(EventEmitter):
     def _forward(self, file: str, event: BlobEvent) -> None:
         self._queue(RoomBlobEvent("dataavailable", event.data, event.timecode, file))
 
-    def _recording_members(self) -> list[_Member]:
-        return [m for m in self._members.values() if m.recording]
+    def _recorders(self) -> list[MediaRecorder]:
+        """The participants' recordings going on."""
+        return [m.recorder for m in self._members.values() if m.recorder and m.recording]
 
     def _present(self, session_id: str) -> _Member:
         member = self._members.get(session_id)

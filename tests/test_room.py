@@ -111,11 +111,12 @@ async def test_a_room_recording_lines_up_its_files_and_mixes_every_participant(
     times = {(e["type"], e["session"]): e["t"] for e in manifest["events"]}
     assert 2.0 <= times["join", "cyd"] < 3.0 and 6.0 <= times["leave", "bob"] < 7.0
     assert len(manifest["cuts"]) == 2
-    # Each pause cut out what it lasted, in whole frames (1/30 s) of the room's video, or
-    # less where video resumed on a keyframe taken in the pause (the timing's choice).
-    for cut, seconds in zip(manifest["cuts"], paused, strict=True):
-        assert 0.2 < cut["removed"] <= seconds + 1 / 60
-        assert cut["removed"] * 30 == pytest.approx(round(cut["removed"] * 30), abs=1e-3)
+    # The pauses cut out what they lasted, in whole frames (1/30 s) of the room's video
+    # (the total within half a frame), or less where video resumed on a keyframe taken in
+    # a pause (the timing's choice).
+    removed = [cut["removed"] for cut in manifest["cuts"]]
+    assert all(r > 0.2 and r * 30 == pytest.approx(round(r * 30), abs=1e-3) for r in removed)
+    assert sum(removed) <= sum(paused) + 1 / 60
     entries = {p["session"]: p for p in manifest["participants"]}
     assert entries["bob"]["end"] == times["leave", "bob"]
     assert entries["ada"]["end"] == entries["cyd"]["end"] == manifest["duration"]
