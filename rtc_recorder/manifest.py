@@ -32,7 +32,9 @@ DIGITS = 6  # times are written to the microsecond
 @dataclass
 class Participant:
     """One participant's file: ``start`` (None until it has media) and ``end`` (None while
-    still recorded) are room-recording seconds."""
+    still recorded) are room-recording seconds. ``start`` may lie a little before 0: a file
+    of a participant recorded from the room's start begins with its codec's delay (Opus's
+    pre-skip, 6.5 ms) and its first picture put on its frame grid."""
 
     session: str
     name: str
@@ -48,7 +50,7 @@ class Participant:
             "name": self.name,
             "file": self.file,
             "kinds": list(self.kinds),
-            "start": _seconds(self.start),
+            "start": None if self.start is None else round(self.start, DIGITS),
             "end": _seconds(self.end),
         }
         if self.error is not None:

@@ -107,12 +107,14 @@ def test_a_manifest_says_the_contracts_fields_in_room_seconds() -> None:
     }
 
 
-def test_times_are_written_to_the_microsecond_and_never_negative() -> None:
+def test_times_are_written_to_the_microsecond_and_only_a_start_before_zero() -> None:
     manifest = Manifest("r", "r-x", STARTED, "audio/ogg", "mix.ogg", duration=1 / 3)
-    manifest.participants = [Participant("s", "S", "s.ogg", ["audio"], -1e-9, 1 / 3)]
-    content = manifest.to_json()
+    manifest.participants = [Participant("s", "S", "s.ogg", ["audio"], -0.0065, 1 / 3)]
+    manifest.events = [RoomEvent(-1e-9, "join", "s")]
+    content = valid_manifest(manifest.to_json())
     assert content["duration"] == 0.333333
-    assert content["participants"][0]["start"] == 0.0
+    assert content["participants"][0]["start"] == -0.0065  # Opus's pre-skip before 0
+    assert content["events"][0]["t"] == 0.0
 
 
 @pytest.mark.parametrize(

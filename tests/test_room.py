@@ -276,7 +276,13 @@ async def test_the_room_follows_the_recorder_contracts_state_table(tmp_path: Pat
     assert set(names[5:-1]) == {"dataavailable"}
     with pytest.raises(InvalidStateError):
         room.start()  # one recording per RoomRecorder
-    assert manifest_on_disk(folder)["state"] == "finalized"
+    manifest = manifest_on_disk(folder)
+    assert manifest["state"] == "finalized"
+    # The file starts with the room: its time 0 lies before its first sound by Opus's
+    # pre-skip (6.5 ms), so up to that much before the room's time 0.
+    start = room.getStats()["participants"]["ada"]["fileStart"]
+    assert manifest["participants"][0]["start"] == round(start, 6)
+    assert -0.0065 <= start < 0.02
 
 
 async def test_start_fires_even_when_stop_follows_at_once(tmp_path: Path) -> None:
