@@ -38,6 +38,7 @@ SCHEMA = load_schema()
 NEAR_CUT = 0.15
 WHITE = 230  # mean luma of a flash
 GAP = 0.05  # seconds: pictures further apart are not consecutive frames
+BEEP_SPACING = 0.2  # seconds: beeps (0.1 s long) of different participants are 0.3 s apart
 
 
 def valid_manifest(content: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +183,9 @@ def seen_flashes(path: Path) -> list[float]:
 
 def file_flashes(path: Path, start: float) -> tuple[list[float], list[float]]:
     """A participant's file's video flashes and beeps, in room time (its file at ``start``)."""
-    return [start + t for t in seen_flashes(path)], [start + t for t in beep_onsets(path)]
+    # Beeps a second apart may come closer where a pause was cut between them.
+    beeps = beep_onsets(path, spacing=BEEP_SPACING)
+    return [start + t for t in seen_flashes(path)], [start + t for t in beeps]
 
 
 def mix_beeps(path: Path) -> list[float]:
@@ -193,7 +196,7 @@ def mix_beeps(path: Path) -> list[float]:
     with av.open(str(path)) as source:
         stream = source.streams.audio[0]
         origin = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
-    return [t - origin for t in beep_onsets_in(decoded_sound(path), spacing=0.2)]
+    return [t - origin for t in beep_onsets_in(decoded_sound(path), spacing=BEEP_SPACING)]
 
 
 def nearest(value: float, candidates: list[float]) -> float:
