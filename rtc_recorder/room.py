@@ -496,9 +496,16 @@ class RoomRecorder(EventEmitter):
         self._manifest.events.append(RoomEvent(at, kind, member.session, track))
 
     def _refresh(self, member: _Member) -> None:
-        """Note where ``member``'s file starts on the room's timeline, once it knows."""
-        if member.entry is not None and member.entry.start is None and member.recorder:
-            member.entry.start = member.recorder.getStats().get("fileStart")
+        """Note where ``member``'s file starts on the room's timeline once it has its
+        header, and the kinds it holds (a track that sent nothing in time is left out)."""
+        entry, recorder = member.entry, member.recorder
+        if entry is None or entry.start is not None or recorder is None:
+            return
+        stats = recorder.getStats()
+        if stats.get("fileStart") is not None:
+            entry.start = stats["fileStart"]
+            held = {t["kind"] for t in stats["tracks"] if not t["droppedFromRecording"]}
+            entry.kinds = [kind for kind in KINDS if kind in held]
 
     def _publish(self) -> None:
         """Bring the manifest up to date and have it written."""

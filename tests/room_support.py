@@ -52,6 +52,12 @@ def manifest_on_disk(folder: Path) -> dict[str, Any]:
     return valid_manifest(json.loads((folder / MANIFEST).read_text()))
 
 
+def entry_on_disk(folder: Path, session: str) -> dict[str, Any] | None:
+    """A participant's entry in the manifest as a reader finds it now (None: not in it)."""
+    entries = manifest_on_disk(folder)["participants"]
+    return next((entry for entry in entries if entry["session"] == session), None)
+
+
 @dataclass
 class Participant:
     """One participant as the recording side sees it: its peer connection, its stream,

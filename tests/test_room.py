@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 
 from rtc_recorder import InvalidStateError, MediaStream, NotSupportedError
 from rtc_recorder.receive import hooks
@@ -21,6 +22,7 @@ from .media import SyntheticAudio, SyntheticVideo, duration, ffmpeg_errors, prob
 from .room_support import (
     Participant,
     alignment_errors,
+    entry_on_disk,
     file_flashes,
     manifest_on_disk,
     mix_beeps,
@@ -366,7 +368,8 @@ async def test_a_participants_failure_ends_its_file_and_the_room_goes_on(tmp_pat
     failing.addTrack(SyntheticAudio())  # a recorded stream's tracks change: ada's file ends
 
     def ada_ended() -> bool:
-        return manifest_on_disk(folder)["participants"][0]["end"] is not None
+        entry = entry_on_disk(folder, "ada")
+        return entry is not None and entry["end"] is not None
 
     await wait_for(ada_ended, 10, "ada's file to end")
     assert room.state == "recording"
@@ -391,3 +394,30 @@ async def test_a_folder_holding_a_room_recording_is_refused(tmp_path: Path) -> N
         second.start()
     assert second.state == "inactive"
     assert manifest_on_disk(folder)["participants"][0]["session"] == "ada"
+
+
+class SilentVideo(MediaStreamTrack):
+    """A live camera that never gives a picture."""
+
+    kind = "video"
+
+    async def recv(self) -> Any:
+        await asyncio.Event().wait()
+
+
+async def test_a_participant_is_listed_with_the_kinds_its_file_holds(tmp_path: Path) -> None:
+    folder = tmp_path / "r-1"
+    room = RoomRecorder(folder, room="r")  # WebM: audio and video
+    room.add_participant("ada", "Ada", [SilentVideo(), SyntheticAudio()])
+    await room.start()
+    assert room.manifest()["participants"][0]["kinds"] == ["audio", "video"]  # type: ignore[index]
+
+    def described() -> bool:
+        entry = entry_on_disk(folder, "ada")
+        return entry is not None and entry["start"] is not None
+
+    await wait_for(described, 15, "the file's header")  # written without video, in time
+    await room.stop()
+    entry = manifest_on_disk(folder)["participants"][0]
+    assert entry["kinds"] == ["audio"]
+    assert list(probe(folder / entry["file"])) == ["audio"]
