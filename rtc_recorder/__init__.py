@@ -1,6 +1,6 @@
 """rtc-recorder: record aiortc media streams on the server with the browser's MediaRecorder API.
 
->>> from rtc_recorder import MediaRecorder
+>>> from rtc_recorder import MediaRecorder, RoomRecorder
 """
 
 from .errors import (
@@ -14,6 +14,7 @@ from .errors import (
 from .events import BlobEvent, ErrorEvent, Event
 from .mediarecorder import MediaRecorder
 from .mediastream import MediaStream
+from .room import RoomBlobEvent, RoomRecorder
 
 __all__ = [
     "BlobEvent",
@@ -25,6 +26,8 @@ __all__ = [
     "MediaStream",
     "NotSupportedError",
     "RecorderError",
+    "RoomBlobEvent",
+    "RoomRecorder",
     "SecurityError",
     "UnknownError",
 ]

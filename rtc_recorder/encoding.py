@@ -224,7 +224,7 @@ class TranscodeTrack(TrackProcessor):
         if not isinstance(payload, EncodedFrame):
             return [payload]
         if self._decoder is None or self._decoder_codec != payload.codec:
-            self._decoder = _decoder(payload.codec)
+            self._decoder = open_decoder(payload.codec)
             self._decoder_codec = payload.codec
         try:
             frames = self._decoder.decode(av.Packet(payload.data))
@@ -379,7 +379,8 @@ def _pixel_format(codec: Any) -> str:
     return "yuv420p" if not formats or "yuv420p" in formats else str(formats[0])
 
 
-def _decoder(codec: str) -> Any:
+def open_decoder(codec: str) -> Any:
+    """A PyAV decoder for what a remote peer sends in ``codec`` (``ValueError`` if none)."""
     name = DECODERS.get(codec)
     if name is None:
         raise ValueError(f"no decoder for {codec!r}")

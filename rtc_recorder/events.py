@@ -59,6 +59,7 @@ class EventEmitter:
         self._listeners: dict[str, list[Handler]] = {}
         self._once: set[tuple[str, Handler]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop methods are called on
 
     def on(self, event: str, f: Handler | None = None) -> Any:
         """Register ``f`` for ``event``; without ``f``, return a decorator that does."""
@@ -131,3 +132,30 @@ class EventEmitter:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("event handler failed", exc_info=task.exception())
+
+    def _future(self) -> asyncio.Future[None]:
+        """A future of the running loop (what the recorders' methods return)."""
+        return self._running_loop().create_future()
+
+    def _resolved(self) -> asyncio.Future[None]:
+        future = self._future()
+        future.set_result(None)
+        return future
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, remembered; a clear error when called from none."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                f"{type(self).__name__} methods must be called from a running event loop"
+            ) from None
+        return self._loop
+
+
+def call_from_thread(loop: asyncio.AbstractEventLoop, callback: Handler, *args: Any) -> None:
+    """Schedule ``callback`` on ``loop`` from another thread (nothing if the loop is closed)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        logger.debug("event loop closed: dropping an event from a thread")

@@ -18,14 +18,20 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from aiortc.mediastreams import MediaStreamTrack
 
 from .codecs import RECEIVED_AUDIO, RECEIVED_VIDEO
-from .encoding import EncoderSettings, PassthroughTrack, TrackProcessor, TranscodeTrack
+from .encoding import (
+    EncoderSettings,
+    MediaItem,
+    PassthroughTrack,
+    TrackProcessor,
+    TranscodeTrack,
+)
 from .errors import (
     InvalidModificationError,
     InvalidStateError,
@@ -33,14 +39,21 @@ from .errors import (
     RecorderError,
     as_recorder_error,
 )
-from .events import BlobEvent, ErrorEvent, Event, EventEmitter, Handler
+from .events import BlobEvent, ErrorEvent, Event, EventEmitter, Handler, call_from_thread
 from .ffmpeg_output import FfmpegSink, FfmpegTrack
 from .mediastream import MediaStream
 from .mimetype import is_type_supported, resolve_type
 from .receive import hooks as _aiortc
 from .sink import Sink, Target
 from .sources import DecodedInput, EncodedInput, TrackInput
-from .timing import DEFAULT_FRAME_INTERVAL, LOCAL_SETTLING, SenderClock, Timeline
+from .timing import (
+    DEFAULT_FRAME_INTERVAL,
+    LOCAL_SETTLING,
+    MemberTimeline,
+    RecordingTimeline,
+    SenderClock,
+    Timeline,
+)
 from .writer import Chunk, Failure, RecordingWriter, WriterEvent
 
 logger = logging.getLogger("rtc_recorder")
@@ -55,7 +68,7 @@ class _Run:
     """One recording, from ``start()`` to its ``stop`` event."""
 
     number: int
-    timeline: Timeline
+    timeline: RecordingTimeline
     writer: RecordingWriter
     inputs: list[TrackInput] = field(default_factory=list)
     processors: list[TrackProcessor] = field(default_factory=list)
@@ -97,7 +110,13 @@ class MediaRecorder(EventEmitter):
         audioBitrateMode: str = "variable",
         videoKeyFrameIntervalDuration: float | None = None,
         videoKeyFrameIntervalCount: int | None = None,
+        _timeline: Timeline | None = None,
+        _observe: Callable[[str, MediaItem], None] | None = None,
     ) -> None:
+        """``_timeline`` and ``_observe`` are a room's (:mod:`rtc_recorder.room`), not part
+        of the API: the room's shared timeline, which this recording places its media on
+        and whose start, pauses and cuts the room alone decides; and what is shown every
+        item the writer thread takes (the room's mix listens to the sound)."""
         super().__init__()
         if not isinstance(mimeType, str):
             raise TypeError("mimeType must be a string")
@@ -139,7 +158,8 @@ class MediaRecorder(EventEmitter):
         self._last: _Run | None = None
         self._count = 0
         self._drain_scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shared_timeline = _timeline
+        self._observe = _observe
 
     # -- the specification's API -------------------------------------------------------
 
@@ -167,7 +187,7 @@ class MediaRecorder(EventEmitter):
         ``timeslice`` ms of media."""
         if self._state != "inactive":
             raise InvalidStateError(f"start() called while {self._state}")
-        timeslice_us = _timeslice(timeslice)
+        timeslice_us = timeslice_micros(timeslice)
         tracks = self._tracks_to_record()
         loop = self._running_loop()
         now = time.monotonic()
@@ -183,13 +203,18 @@ class MediaRecorder(EventEmitter):
             self._recording,
             processors,
             sink,
-            lambda event: _call_soon(loop, self._on_writer_event, run, event),
+            lambda event: call_from_thread(loop, self._on_writer_event, run, event),
             timeslice_us=timeslice_us,
             quantum=self._grid,
+            observe=self._observe,
         )
-        # Video taken from a receiver restarts on keyframes, which settle each (re)start.
-        keyframed = any(t.kind == "video" and tap is not None for t, tap in plans)
-        timeline = Timeline(now, self._grid, video=keyframed)
+        timeline: RecordingTimeline
+        if self._shared_timeline is not None:
+            timeline = MemberTimeline(self._shared_timeline)
+        else:
+            # Video taken from a receiver restarts on keyframes, which settle each (re)start.
+            keyframed = any(t.kind == "video" and tap is not None for t, tap in plans)
+            timeline = Timeline(now, self._grid, video=keyframed)
         run = _Run(self._count, timeline, writer, processors=processors, name=sink.path)
         for index, (track, tap) in enumerate(plans):
             run.inputs.append(self._input(index, track, tap, run))
@@ -258,7 +283,9 @@ class MediaRecorder(EventEmitter):
         (pass-through or transcode), frames and bytes written, frames dropped and why,
         keyframe requests, the time in the file (seconds) of the latest frame taken for it
         (``lastFrameTime``), and the recorded and paused time. ``pauseCuts`` are the times
-        in the file (seconds) where each pause was cut out."""
+        in the file (seconds) where each pause was cut out. ``fileStart`` is where the
+        file's time 0 lies on the recording's timeline (seconds; None until the file has
+        its header): a room's timeline, for a participant's file."""
         run = self._current or self._last
         if run is None:
             return {"state": self._state, "tracks": []}
@@ -290,6 +317,7 @@ class MediaRecorder(EventEmitter):
             "recordedTime": run.timeline.recorded_time(now),
             "pausedTime": run.timeline.paused_time(now),
             "duration": writer.duration_us / 1_000_000,
+            "fileStart": writer.base_us / 1_000_000 if writer.header_written else None,
             "pauseCuts": [
                 round(cut - writer.base_us / 1_000_000, 6) for cut in run.timeline.cuts()
             ],
@@ -486,35 +514,10 @@ class MediaRecorder(EventEmitter):
                         waiter.set_result(None)
                 self._runs.popleft()
 
-    def _future(self) -> asyncio.Future[None]:
-        return self._running_loop().create_future()
-
-    def _resolved(self) -> asyncio.Future[None]:
-        future = self._future()
-        future.set_result(None)
-        return future
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "MediaRecorder methods must be called from a running event loop"
-            ) from None
-        return self._loop
-
     def _active(self, method: str) -> _Run:
         if self._state == "inactive" or self._current is None:
             raise InvalidStateError(f"{method}() called while inactive")
         return self._current
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
-    """Schedule ``callback`` on ``loop`` from another thread (nothing if the loop is closed)."""
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        logger.debug("event loop closed: dropping a writer event")
 
 
 def _camel(name: str) -> str:
@@ -534,7 +537,9 @@ def _interval_us(milliseconds: float | None, default: int | None) -> int | None:
     return default if milliseconds is None else int(milliseconds * 1000)
 
 
-def _timeslice(timeslice: float | None) -> int | None:
+def timeslice_micros(timeslice: float | None) -> int | None:
+    """A ``start(timeslice)`` argument (ms, or None) in µs, at least :data:`MIN_TIMESLICE_MS`;
+    ``TypeError`` for anything but a non-negative number."""
     if timeslice is None:
         return None
     if isinstance(timeslice, bool) or not isinstance(timeslice, (int, float)) or timeslice < 0:

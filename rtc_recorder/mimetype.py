@@ -345,6 +345,15 @@ def _ffmpeg_mime(output: FfmpegFormat, path: str | None) -> str:
     return "application/octet-stream"
 
 
+def file_extension(recording: RecordingType) -> str:
+    """The usual suffix of a file of ``recording``'s container (".webm", ".mkv", ".mp4",
+    ".ogg", ".wav"): the first of the suffixes above that names it."""
+    for suffix, mime in _SUFFIXES.items():
+        if _MIME_TYPES[mime][0] == recording.container.name:
+            return suffix
+    raise NotSupportedError(f"no file suffix names the {recording.container.name} container")
+
+
 def supported_types() -> list[str]:
     """The types of the contract's table (and their variants), for pickers in user interfaces."""
     return [

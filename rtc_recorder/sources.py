@@ -31,7 +31,7 @@ from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
 from .receive.hooks import EncodedFrame, ReceiverTap, Subscription
-from .timing import SenderClock, StreamClock, Timeline
+from .timing import RecordingTimeline, SenderClock, StreamClock
 from .writer import RecordingWriter
 
 logger = logging.getLogger("rtc_recorder")
@@ -73,7 +73,7 @@ class TrackInput(ABC):
         self,
         index: int,
         track: MediaStreamTrack,
-        timeline: Timeline,
+        timeline: RecordingTimeline,
         writer: RecordingWriter,
         on_ended: Ended,
     ) -> None:
@@ -210,7 +210,7 @@ class EncodedInput(TrackInput):
         self,
         index: int,
         track: MediaStreamTrack,
-        timeline: Timeline,
+        timeline: RecordingTimeline,
         writer: RecordingWriter,
         on_ended: Ended,
         tap: ReceiverTap,
@@ -420,7 +420,7 @@ class DecodedInput(TrackInput):
         self,
         index: int,
         track: MediaStreamTrack,
-        timeline: Timeline,
+        timeline: RecordingTimeline,
         writer: RecordingWriter,
         on_ended: Ended,
         source: SenderClock,

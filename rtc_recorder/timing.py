@@ -27,6 +27,7 @@ Nothing here reads a clock: every instant comes in as an argument.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 from collections import deque
@@ -500,6 +501,89 @@ class Timeline:
         """Which recorded stretch reference ``instant`` belongs to: 0 before the first
         pause, then one more after each."""
         return bisect.bisect_right(self._pause_ends, instant)
+
+    def cut_lengths(self) -> list[float]:
+        """Seconds each completed pause cut out of the output (see :meth:`cuts` for where)."""
+        return [after - before for before, after in itertools.pairwise(self._excised)]
+
+
+class MemberTimeline:
+    """One file's share of a :class:`Timeline` that several files share (a room's, whose
+    participants' files must stay aligned): the shared start, pauses and cuts, which only
+    the owner of the shared timeline changes (``pause`` and ``resume`` here leave them
+    be), and a stop of its own, so that one file can be finalized while the others go on.
+    """
+
+    def __init__(self, shared: Timeline) -> None:
+        self.shared = shared
+        self._stopped_at: float | None = None
+
+    def pause(self, at: float) -> None:
+        """Nothing: the shared timeline's owner pauses it."""
+
+    def resume(self, at: float) -> None:
+        """Nothing: the shared timeline's owner resumes it."""
+
+    def stop(self, at: float) -> None:
+        """This file records nothing from ``at`` on (or from just after the latest media
+        recorded); the shared timeline goes on."""
+        if self._stopped_at is None:
+            self._stopped_at = max(at, self.shared._latest + AFTER_LATEST)
+
+    def after_stop(self, instant: float) -> bool:
+        """Whether reference ``instant`` comes after this file, or the whole, stopped."""
+        own = self._stopped_at is not None and instant >= self._stopped_at
+        return own or self.shared.after_stop(instant)
+
+    def output_time(self, instant: float) -> float | None:
+        """As :meth:`Timeline.output_time`, and None from this file's stop on."""
+        if self._stopped_at is not None and instant >= self._stopped_at:
+            return None
+        return self.shared.output_time(instant)
+
+    def recorded_time(self, now: float) -> float:
+        """Seconds of the shared timeline recorded up to ``now`` or this file's stop."""
+        end = now if self._stopped_at is None else min(now, self._stopped_at)
+        return self.shared.recorded_time(end)
+
+    def paused_time(self, now: float) -> float:
+        """Seconds the shared timeline has been paused."""
+        return self.shared.paused_time(now)
+
+    def cuts(self) -> list[float]:
+        """Output times of the shared timeline's cuts."""
+        return self.shared.cuts()
+
+    def segment(self, instant: float) -> int:
+        """The shared timeline's recorded stretch of ``instant``."""
+        return self.shared.segment(instant)
+
+    def placed(self, instant: float) -> None:
+        """Media at ``instant`` was recorded (no pause of the whole may come before it)."""
+        self.shared.placed(instant)
+
+    def holds(self, instant: float) -> bool:
+        """Whether media at ``instant`` waits for the shared timeline's open (re)start."""
+        return self.shared.holds(instant)
+
+    def can_settle_at(self, instant: float, arrival: float) -> bool:
+        """Whether a keyframe of this file settles the shared timeline's open (re)start."""
+        return self.shared.can_settle_at(instant, arrival)
+
+    def settle(self, keyframe: float | None = None, after: float = 0.0) -> None:
+        """Settle the shared timeline's open (re)start (every file moves with it)."""
+        self.shared.settle(keyframe, after)
+
+    def settle_if_late(
+        self, now: float, deadline: float = OPEN_DEADLINE, since: float | None = None
+    ) -> None:
+        """See :meth:`Timeline.settle_if_late`."""
+        self.shared.settle_if_late(now, deadline, since)
+
+
+# What a recording's sources and conductor place media on: a timeline of its own, or its
+# share of one that several recordings share.
+RecordingTimeline = Timeline | MemberTimeline
 
 
 # A first audio packet this close to half a video frame interval off the video's grid is

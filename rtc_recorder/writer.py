@@ -119,8 +119,11 @@ class RecordingWriter:
         *,
         timeslice_us: int | None = None,
         quantum: Callable[[], float | None] = lambda: None,
+        observe: Callable[[str, MediaItem], None] | None = None,
     ) -> None:
         self._recording = recording
+        # Shown every item this thread takes, with its track's kind (a room's mix listens).
+        self._observe = observe
         self._quantum = quantum
         self._processors = processors
         self._sink = sink
@@ -225,6 +228,8 @@ class RecordingWriter:
 
     def _handle(self, item: MediaItem) -> None:
         processor = self._processors[item.track]
+        if self._observe is not None:
+            self._observe(processor.kind, item)
         for sample in processor.process(item):
             self._accept(sample)
         if self._container is None:
@@ -257,10 +262,11 @@ class RecordingWriter:
         interval = self._quantum() or DEFAULT_FRAME_INTERVAL
         formats = [self._with_hint(p, interval) for p in described]
         self._container = open_container(self._recording, self._sink, formats)
-        self.stats.header_written = True
         pending = sorted((s for s in self._pending if s.track in self._slots), key=lambda s: s.time)
         self._pending = []
         self._base = self.stats.base_us = self._time_zero(pending, interval)
+        # Only now: the event loop reads base_us once it sees the header written.
+        self.stats.header_written = True
         for sample in pending:
             self._write(sample)
 

@@ -490,6 +490,20 @@ class PacketTrack(MediaStreamTrack):
         return packet
 
 
+class HeldTrack(PacketTrack):
+    """A :class:`PacketTrack` that sends nothing until ``go`` is set (its clock set then:
+    a clock started before the connection is up would make it send a burst to catch up,
+    and aiortc's reports would then map timestamps to that burst)."""
+
+    def __init__(self, kind: str, media: EncodedMedia, clock: Clock, go: asyncio.Event) -> None:
+        super().__init__(kind, media, clock)
+        self.go = go
+
+    async def recv(self) -> av.Packet:
+        await self.go.wait()
+        return await super().recv()
+
+
 def make_media_file(path: Path, seconds: float) -> None:
     """An H.264 + AAC file to play from (the kind of file aiortc's examples use)."""
     with av.open(str(path), "w") as output:

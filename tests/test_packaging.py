@@ -1,4 +1,5 @@
-"""The wheel: it carries the page, and a server installed from it serves the page."""
+"""The wheel: it carries the page (and the room manifest's schema), and a server installed
+from it serves the page."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ async def test_the_wheel_ships_the_page_and_serves_it(tmp_path: Path) -> None:
         names = set(archive.namelist())
         for page_file in ("index.html", "app.js", "style.css"):
             assert f"rtc_recorder/static/{page_file}" in names, sorted(names)
+        assert "rtc_recorder/manifest.schema.json" in names  # rooms' manifests' schema
         assert not any(name.startswith(("tests/", "benchmarks/", "static/")) for name in names)
         installed = tmp_path / "site"
         archive.extractall(installed)

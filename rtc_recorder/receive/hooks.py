@@ -376,6 +376,11 @@ class ReceiverTap:
     def _on_sender_report(self, packet: RtcpSrPacket) -> None:
         info = packet.sender_info
         ntp = info.ntp_timestamp
+        if ntp == 0 or info.packet_count == 0:
+            # No wall clock (RFC 3550 section 6.4.1 lets a sender say so with a zero NTP
+            # timestamp), or no media sent yet, so no timestamp to map (aiortc reports
+            # zeros until its track gives it a first frame): nothing to learn.
+            return
         self._reports[packet.ssrc] = (
             (ntp >> 32) + (ntp & 0xFFFFFFFF) / (1 << 32),
             info.rtp_timestamp,
