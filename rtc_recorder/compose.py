@@ -876,6 +876,10 @@ def compose(
         try:
             _render(manifest, tiles, mix, encoder, layout, on_progress, cancel)
             encoder.finish()
+        except (av.FFmpegError, OSError) as exc:  # a full disk, say
+            encoder.abandon()
+            part.unlink(missing_ok=True)
+            raise CompositionError(f"composing {folder.name} into {target} failed: {exc}") from exc
         except BaseException:
             encoder.abandon()
             part.unlink(missing_ok=True)

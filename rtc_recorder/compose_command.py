@@ -167,12 +167,11 @@ def _follow(
     while worker.is_alive() or not progress.empty():
         try:
             done, duration = progress.get(timeout=0.2)
+            view.update(done, duration, time.monotonic())
         except queue.Empty:
             continue
         except KeyboardInterrupt:
             cancel.set()
-            continue
-        view.update(done, duration, time.monotonic())
 
 
 @contextlib.contextmanager

@@ -8,6 +8,9 @@ own phase (its flash), and its sound beeps at its flashes while it talks. The mi
 sum of what the participants present say. The room is recorded for :data:`STOP_AT` s of
 source time with one pause (:data:`PAUSE`), which every file has cut out; Ada is there
 throughout (her camera off for a second), Bob joins late, Cy (no camera) leaves early.
+
+Rooms that need no real-time recording are written at once: by hand (:func:`room_folder`,
+for manifests of any content) or with media encoded offline (:func:`write_room_offline`).
 """
 
 from __future__ import annotations
@@ -242,3 +245,138 @@ def manifest_of(
         "participants": participants,
         "events": events,
     }
+
+
+# -- folders written by hand, for what needs no media ----------------------------------
+
+
+def manifest(**changes: Any) -> dict[str, Any]:
+    """A finalized manifest of one participant (``a.webm``) and the mix."""
+    base: dict[str, Any] = {
+        "room": "standup",
+        "name": "standup-20261201T101500Z",
+        "started": "2026-12-01T10:15:00.000Z",
+        "state": "finalized",
+        "duration": 2.0,
+        "mimeType": "video/webm;codecs=vp8,opus",
+        "cuts": [],
+        "mix": "mix.ogg",
+        "participants": [
+            {
+                "session": "a1b2c3d4e5f6",
+                "name": "Ada",
+                "file": "a.webm",
+                "kinds": ["audio", "video"],
+                "start": 0.0,
+                "end": 2.0,
+            }
+        ],
+        "events": [{"t": 0.0, "type": "join", "session": "a1b2c3d4e5f6"}],
+    }
+    return {**base, **changes}
+
+
+def room_folder(
+    parent: Path,
+    content: object,
+    files: tuple[str, ...] = (),
+    name: str = "standup-20261201T101500Z",
+) -> Path:
+    """Folder ``name`` in ``parent`` holding ``content`` as its manifest (JSON unless a
+    string) and empty ``files``."""
+    folder = parent / name
+    folder.mkdir()
+    text = content if isinstance(content, str) else json.dumps(content)
+    (folder / "manifest.json").write_text(text)
+    for name in files:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def participant(**changes: Any) -> dict[str, Any]:
+    """The participant of :func:`manifest`, changed."""
+    return {**manifest()["participants"][0], **changes}
+
+
+# -- a room written at once (longer rooms, for the jobs and the benchmark) ------------
+
+OFFLINE_PEOPLE = (("Ada", (200, 40, 40)), ("Bob", (40, 190, 40)), ("Cy", (40, 40, 200)))
+
+
+def write_participant(
+    path: Path, seconds: float, colour: tuple[int, int, int], seed: int, size: tuple[int, int]
+) -> None:
+    """``seconds`` of VP8 (a moving gradient tinted ``colour``, a noisy patch) and Opus
+    (speech-like noise bursts) in WebM."""
+    random = np.random.default_rng(seed)
+    with av.open(str(path), "w", format="webm") as output:
+        video = output.add_stream("libvpx", rate=FPS)
+        width, height = size
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"deadline": "realtime", "cpu-used": "8", "b": "400k"}
+        audio = output.add_stream("libopus", rate=AUDIO_RATE)
+        audio.layout = "mono"
+        ramp = np.linspace(0.4, 1.0, width)[None, :, None] * np.array(colour)[None, None, :]
+        for index in range(round(seconds * FPS)):
+            picture = np.roll(np.repeat(ramp, height, axis=0), index * 3, axis=1).astype(np.uint8)
+            patch = (height // 6, width // 6, 3)
+            picture[: patch[0], : patch[1]] = random.integers(0, 255, patch, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = index
+            output.mux(video.encode(frame))
+        write_sound(output, audio, seconds, random)
+        output.mux(video.encode(None))
+
+
+def write_sound(output: Any, audio: Any, seconds: float, random: np.random.Generator) -> None:
+    """``seconds`` of Opus into ``audio`` of ``output``: 3 s of loud noise, 3 s of quiet."""
+    block = 960
+    for start in range(0, round(seconds * AUDIO_RATE), block):
+        talking = (start // (AUDIO_RATE * 3)) % 2 == 0
+        samples = random.normal(0, 3000 if talking else 30, block).astype(np.float32) / 32768
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate, frame.pts = AUDIO_RATE, start
+        frame.time_base = fractions.Fraction(1, AUDIO_RATE)
+        output.mux(audio.encode(frame))
+    output.mux(audio.encode(None))
+
+
+def write_room_offline(folder: Path, seconds: float, size: tuple[int, int] = (320, 240)) -> None:
+    """A finalized room recording of ``seconds`` written at once (not in real time): three
+    participants of VP8 + Opus in WebM (Ada throughout, Bob from a third of the way in,
+    Cy until two thirds), the mix in Ogg/Opus, and the manifest."""
+    folder.mkdir(parents=True)
+    spans = [(0.0, seconds), (seconds / 3, seconds), (0.0, 2 * seconds / 3)]
+    participants = []
+    for index, ((name, colour), (start, end)) in enumerate(zip(OFFLINE_PEOPLE, spans, strict=True)):
+        session = f"{name.lower():0<12}"
+        write_participant(folder / f"{session}.webm", end - start, colour, index, size)
+        participants.append(
+            {
+                "session": session,
+                "name": name,
+                "file": f"{session}.webm",
+                "kinds": ["audio", "video"],
+                "start": start,
+                "end": end,
+            }
+        )
+    with av.open(str(folder / "mix.ogg"), "w", format="ogg") as output:
+        audio = output.add_stream("libopus", rate=AUDIO_RATE)
+        audio.layout = "mono"
+        write_sound(output, audio, seconds, np.random.default_rng(9))
+    manifest = {
+        "room": "bench",
+        "name": folder.name,
+        "started": "2026-12-01T10:15:00.000Z",
+        "state": "finalized",
+        "duration": seconds,
+        "mimeType": "video/webm;codecs=vp8,opus",
+        "cuts": [],
+        "mix": "mix.ogg",
+        "participants": participants,
+        "events": [
+            {"t": p["start"], "type": "join", "session": p["session"]} for p in participants
+        ],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))

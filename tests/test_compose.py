@@ -6,31 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
-import psutil
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from rtc_recorder.cli import main as cli_main
 from rtc_recorder.compose import CompositionCancelled, compose, partial_path
-from rtc_recorder.server import jobs
-from rtc_recorder.server.app import create_app
-from rtc_recorder.server.settings import Settings
 
-from .media import beep_onsets, ffmpeg_errors, probe, wait_for
+from .media import beep_onsets, ffmpeg_errors, probe
 from .room_folder import ADA, BOB, CY, record_room
-from .server_support import NO_LOAD_LIMITS
 
 SIZE = (640, 360)
 FPS = 30
@@ -305,6 +300,27 @@ def test_a_file_cut_short_is_composed_as_far_as_it_goes(room: Room, tmp_path: Pa
     assert abs(probe(path)["video"].end - room.manifest["duration"]) <= 0.1
 
 
+def test_a_full_disk_is_a_clear_error_and_leaves_no_file(room: Room, tmp_path: Path) -> None:
+    def small_disk() -> None:  # writes past 50 kB fail (EFBIG), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    output = tmp_path / "full.mp4"
+    command = [sys.executable, "-m", "rtc_recorder", "compose", str(room.folder)]
+    result = subprocess.run(
+        [*command, "-o", str(output), "--size", "320x180"],
+        preexec_fn=small_disk,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("rtc-recorder compose: composing") and "File too large" in last, last
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cancelling_leaves_no_file(room: Room, tmp_path: Path) -> None:
     cancel = threading.Event()
     output = tmp_path / "cancelled.mp4"
@@ -328,120 +344,3 @@ def test_the_command_writes_the_composite_and_prints_its_progress(
     lines = captured.err.splitlines()  # not a terminal: a line every 10 %
     assert lines[-1] == "compose: 100%" and len(lines) == 11, lines
     assert not ffmpeg_errors(output)
-
-
-# -- the server's jobs ----------------------------------------------------------------------
-
-
-@pytest.fixture
-async def client(room: Room) -> AsyncIterator[TestClient[Any, Any]]:
-    app = create_app(Settings(recordings=room.folder.parent, **NO_LOAD_LIMITS))
-    jobs.setup(app, room.folder.parent)
-    test_client = TestClient(TestServer(app))
-    await test_client.start_server()
-    try:
-        yield test_client
-    finally:
-        await test_client.close()
-
-
-async def test_a_compose_job_runs_in_a_process_of_its_own_and_reports_progress(
-    room: Room, client: TestClient[Any, Any]
-) -> None:
-    name = room.folder.name
-    response = await client.post(f"/api/recordings/{name}/compose", json={"layout": "speaker"})
-    assert response.status == 202, await response.text()
-    job = await response.json()
-    assert response.headers["Location"] == f"/api/jobs/{job['job']}"
-    assert (job["state"], job["output"], job["recording"]) in {
-        ("queued", "composite-speaker.mp4", name),
-        ("running", "composite-speaker.mp4", name),
-    }
-    # the same composite asked again is the same job
-    again = await client.post(f"/api/recordings/{name}/compose", json={"layout": "speaker"})
-    assert (await again.json())["job"] == job["job"]
-    seen: list[dict[str, Any]] = []
-    workers: list[tuple[psutil.Process, int]] = []
-
-    async def finished() -> bool:
-        seen.append(await (await client.get(f"/api/jobs/{job['job']}")).json())
-        workers.extend(_composing_children())
-        return seen[-1]["state"] in ("done", "failed")
-
-    deadline = time.monotonic() + 60
-    while not await finished():
-        assert time.monotonic() < deadline, seen[-1]
-        await asyncio.sleep(0.05)
-    assert seen[-1]["state"] == "done", seen[-1]
-    assert seen[-1]["progress"] == 1.0 and seen[-1]["error"] is None
-    progress = [entry["progress"] for entry in seen]
-    assert progress == sorted(progress) and any(0 < p < 1 for p in progress), progress
-    assert workers and all(nice >= 10 for _, nice in workers), workers
-    output = room.folder / "composite-speaker.mp4"
-    assert not ffmpeg_errors(output)
-    assert not partial_path(output).exists()
-
-
-def _composing_children() -> Iterator[tuple[psutil.Process, int]]:
-    """This process' children running ``rtc-recorder compose``, with their nice value."""
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "compose" in child.cmdline():
-                yield child, child.nice()
-        except psutil.Error:
-            continue
-
-
-async def test_the_job_routes_refuse_what_cannot_be_composed(
-    room: Room, client: TestClient[Any, Any], tmp_path: Path
-) -> None:
-    unfinished = room.folder.parent / "standup-unfinished"
-    shutil.copytree(room.folder, unfinished, ignore=shutil.ignore_patterns("composite-*"))
-    manifest = json.loads((unfinished / "manifest.json").read_text())
-    (unfinished / "manifest.json").write_text(json.dumps({**manifest, "state": "recording"}))
-    broken = room.folder.parent / "standup-broken"
-    broken.mkdir()
-    (broken / "manifest.json").write_text("{not json")
-    cases = [
-        ("/api/recordings/nothing-here/compose", {}, 404, "NotFoundError"),
-        ("/api/recordings/..%2F..%2Fetc/compose", {}, 404, "NotFoundError"),
-        (f"/api/recordings/{room.folder.name}/compose", {"layout": "mosaic"}, 400, "TypeError"),
-        (f"/api/recordings/{room.folder.name}/compose", {"format": "avi"}, 400, "TypeError"),
-        ("/api/recordings/standup-unfinished/compose", {}, 409, "InvalidStateError"),
-        ("/api/recordings/standup-broken/compose", {}, 400, "DataError"),
-    ]
-    try:
-        for path, body, status, error in cases:
-            response = await client.post(path, json=body)
-            answer = await response.json()
-            assert (response.status, answer["error"]) == (status, error), (path, answer)
-            assert answer["message"]
-        response = await client.get("/api/jobs/0123456789abcdef")
-        assert response.status == 404 and (await response.json())["error"] == "NotFoundError"
-    finally:
-        shutil.rmtree(unfinished)
-        shutil.rmtree(broken)
-
-
-async def test_stopping_the_server_stops_a_running_job_and_leaves_no_partial_file(
-    room: Room, tmp_path: Path
-) -> None:
-    recordings = tmp_path / "recordings"
-    folder = recordings / room.folder.name
-    shutil.copytree(room.folder, folder, ignore=shutil.ignore_patterns("composite-*"))
-    app = create_app(Settings(recordings=recordings, **NO_LOAD_LIMITS))
-    jobs.setup(app, recordings)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        response = await client.post(f"/api/recordings/{folder.name}/compose", json={})
-        job = app[jobs.JOBS].get((await response.json())["job"])
-        await wait_for(lambda: job.progress > 0, 30, "the job to start composing")
-        children = list(_composing_children())
-    finally:
-        await client.close()
-    assert job.state == "cancelled"
-    assert not any(child.is_running() and child.status() != "zombie" for child, _ in children)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        p.name for p in room.folder.iterdir() if not p.name.startswith("composite-")
-    )

@@ -4,7 +4,6 @@ never a crash), and its pure parts: the layouts, the speaker's hysteresis, the d
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,46 +27,7 @@ from rtc_recorder.compose import (
 )
 
 from .media import ffmpeg_errors, probe
-
-
-def manifest(**changes: Any) -> dict[str, Any]:
-    """A finalized manifest of one participant (``a.webm``) and the mix."""
-    base: dict[str, Any] = {
-        "room": "standup",
-        "name": "standup-20261201T101500Z",
-        "started": "2026-12-01T10:15:00.000Z",
-        "state": "finalized",
-        "duration": 2.0,
-        "mimeType": "video/webm;codecs=vp8,opus",
-        "cuts": [],
-        "mix": "mix.ogg",
-        "participants": [
-            {
-                "session": "a1b2c3d4e5f6",
-                "name": "Ada",
-                "file": "a.webm",
-                "kinds": ["audio", "video"],
-                "start": 0.0,
-                "end": 2.0,
-            }
-        ],
-        "events": [{"t": 0.0, "type": "join", "session": "a1b2c3d4e5f6"}],
-    }
-    return {**base, **changes}
-
-
-def room_folder(tmp_path: Path, content: object, files: tuple[str, ...] = ()) -> Path:
-    folder = tmp_path / "standup-20261201T101500Z"
-    folder.mkdir()
-    text = content if isinstance(content, str) else json.dumps(content)
-    (folder / "manifest.json").write_text(text)
-    for name in files:
-        (folder / name).write_bytes(b"")
-    return folder
-
-
-def participant(**changes: Any) -> dict[str, Any]:
-    return {**manifest()["participants"][0], **changes}
+from .room_folder import manifest, participant, room_folder
 
 
 @pytest.mark.parametrize(
@@ -159,6 +119,38 @@ def test_a_room_nobody_joined_is_an_empty_picture_of_its_duration(tmp_path: Path
     assert not ffmpeg_errors(path)
     info = probe(path)
     assert set(info) == {"video"} and abs(info["video"].end - 1.0) <= 0.1
+
+
+def test_a_participant_whose_video_stops_for_two_seconds_shows_their_name(
+    tmp_path: Path,
+) -> None:
+    folder = room_folder(
+        tmp_path,
+        manifest(participants=[participant(kinds=["video"], end=4.0)], mix=None, duration=4.0),
+    )
+    red = np.full((48, 64, 3), (200, 40, 40), np.uint8)
+    with av.open(str(folder / "a.webm"), "w", format="webm") as output:
+        stream = output.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in [*range(30), *range(105, 120)]:  # pictures for 0-1 s and 3.5-4 s
+            frame = av.VideoFrame.from_ndarray(red, format="rgb24")
+            frame.pts = index
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode(None))
+    path = compose(folder, size=(160, 90), fps=10)
+    with av.open(str(path)) as container:
+        shown = {
+            round(float(frame.time or 0.0), 1): frame.to_ndarray(format="rgb24")[20, 80]
+            for frame in container.decode(video=0)
+        }
+    red_at = [t for t, pixel in shown.items() if abs(int(pixel[0]) - 200) < 40 and pixel[1] < 90]
+    name_at = [
+        t for t, pixel in shown.items() if np.abs(pixel.astype(int) - (52, 58, 72)).max() < 20
+    ]
+    # the last picture stays up to 2 s after it came, then the name until pictures come again
+    assert min(red_at) == 0.0 and max(t for t in red_at if t < 3) == 2.9
+    assert name_at == [3.0, 3.1, 3.2, 3.3, 3.4], name_at
+    assert min(t for t in red_at if t > 3) == 3.5
 
 
 def test_the_command_reports_bad_input_in_one_line(

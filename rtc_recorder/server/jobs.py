@@ -25,7 +25,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ..compose import LAYOUTS, CompositionError, NotFinalized, partial_path, read_manifest
+from ..compose import (
+    DEFAULT_FPS,
+    DEFAULT_SIZE,
+    LAYOUTS,
+    CompositionError,
+    NotFinalized,
+    partial_path,
+    read_manifest,
+)
 
 logger = logging.getLogger("rtc_recorder.server")
 
@@ -92,7 +100,8 @@ def room_folder_in(recordings: Path) -> Callable[[str], Path]:
 
 class ComposeJobs:
     """The job runner: a bounded queue of jobs, ``concurrency`` of them running at once,
-    each in its own process; the last ``keep`` finished jobs are remembered."""
+    each in its own process; the last ``keep`` finished jobs are remembered. Composites
+    are ``size`` pixels at ``fps``."""
 
     def __init__(
         self,
@@ -101,8 +110,12 @@ class ComposeJobs:
         concurrency: int = 1,
         max_queued: int = 8,
         keep: int = 100,
+        size: tuple[int, int] = DEFAULT_SIZE,
+        fps: int = DEFAULT_FPS,
     ) -> None:
         self.folder_of = folder_of
+        self.size = size
+        self.fps = fps
         self.concurrency = concurrency
         self.max_queued = max_queued
         self.keep = keep
@@ -196,6 +209,7 @@ class ComposeJobs:
             sys.executable,
             *("-m", "rtc_recorder", "compose", str(job.folder), "-o", str(target)),
             *("--layout", job.layout, "--progress", "json"),
+            *("--size", "{}x{}".format(*self.size), "--fps", str(self.fps)),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -268,10 +282,11 @@ def _last_line(errors: bytes) -> str:
 JOBS: web.AppKey[ComposeJobs] = web.AppKey("compose_jobs", ComposeJobs)
 
 
-def setup(app: web.Application, recordings: Path) -> None:
+def setup(app: web.Application, recordings: Path, **options: Any) -> None:
     """Add the composite routes and their job runner (for the room recordings in
-    ``recordings``) to ``app``; running jobs are stopped when the app shuts down."""
-    app[JOBS] = ComposeJobs(room_folder_in(recordings))
+    ``recordings``; ``options`` of :class:`ComposeJobs`) to ``app``; running jobs are
+    stopped when the app shuts down."""
+    app[JOBS] = ComposeJobs(room_folder_in(recordings), **options)
     app.router.add_post("/api/recordings/{name}/compose", post_compose)
     app.router.add_get("/api/jobs/{job}", get_job)
     app.on_shutdown.append(_close_jobs)
