@@ -23,39 +23,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
 
-from loadbench import media, sender
+from loadbench import sender
+from loadbench.accounting import RECORDED_TARGET_PCT, verify
+from loadbench.children import Children
 from loadbench.monitor import Monitor
-from loadbench.processes import ChildError, Senders
-from loadbench.report import environment, mean
+from loadbench.report import fmt, mean
+from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
-    SERVER_READY_TIMEOUT,
-    SERVER_STOP_TIMEOUT,
-    BenchmarkError,
-    Server,
-    free_port,
-    hang_up,
+    ServerProcess,
     log_summary,
     wait_complete,
-    wait_recording,
 )
-from loadbench.verify import RECORDED_TARGET_PCT, verify
 from prometheus_client.parser import text_string_to_metric_families
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_OUT = HERE / "results"
 IDLE_SECONDS = 2.0
 
 
@@ -67,7 +57,7 @@ class Publishers:
     """Sender processes opening sessions on demand, ``per_sender`` sessions per process."""
 
     def __init__(self, offer_url: str, media_path: Path, per_sender: int, timeout: float) -> None:
-        self.senders = Senders()
+        self.senders = Children()
         self.offer_url = offer_url
         self.media_path = media_path
         self.per_sender = per_sender
@@ -77,8 +67,7 @@ class Publishers:
     def open(self, number: int) -> dict[str, Any]:
         """Offer session ``number``; the sender's ``opened`` report."""
         name = self._sender_with_room()
-        self.senders.send(name, {"type": "open", "number": number})
-        reply = self.senders.expect(name, "opened", timeout=self.timeout + 10)
+        reply = sender.open_sessions(self.senders, name, [number], self.timeout + 10)[str(number)]
         if reply["status"] == 200:
             self.opened[name] += 1
         return reply
@@ -100,26 +89,18 @@ class Publishers:
 
     def sent(self) -> dict[str, Any]:
         """Pause every sender; what each admitted session sent."""
-        for name in self.opened:
-            self.senders.send(name, {"type": "pause"})
-        sent: dict[str, Any] = {}
-        for name in self.opened:
-            sent.update(self.senders.expect(name, "sent", timeout=30)["sessions"])
-        return sent
+        return sender.ask_all(self.senders, list(self.opened), "pause", "sent")
 
     def close(self) -> None:
-        for name in self.opened:
-            with contextlib.suppress(OSError):
-                self.senders.send(name, {"type": "close"})
-        self.senders.join(timeout=30)
+        sender.close_all(self.senders, list(self.opened))
 
 
-def _get_json(server: Server, path: str) -> Any:
+def _get_json(server: ServerProcess, path: str) -> Any:
     status, body = server.request("GET", path)
     return {"status": status, **body} if isinstance(body, dict) else {"status": status}
 
 
-def _lag_buckets(server: Server) -> dict[float, float]:
+def _lag_buckets(server: ServerProcess) -> dict[float, float]:
     """The server's event-loop lag histogram: cumulative count by upper bound (seconds)."""
     with urlopen(server.url("/metrics"), timeout=10) as response:
         text = response.read().decode()
@@ -145,7 +126,7 @@ def lag_p99_bound(before: dict[float, float], after: dict[float, float]) -> floa
 
 
 def attempt(
-    server: Server, publishers: Publishers, number: int, admitted: int, phase: str
+    server: ServerProcess, publishers: Publishers, number: int, admitted: int, phase: str
 ) -> dict[str, Any]:
     """Offer one session; once admitted, wait until it records. What happened, with the
     server's ``/readyz`` right after."""
@@ -160,7 +141,7 @@ def attempt(
         "session": reply.get("session"),
     }
     if reply["status"] == 200:
-        wait_recording(server, admitted + 1, 30)
+        server.wait_sessions(admitted + 1, "recording", 30)
     else:
         with contextlib.suppress(ValueError):
             record["error"] = json.loads(reply.get("body") or "{}")
@@ -172,7 +153,7 @@ def attempt(
 def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, Any]:
     """Fill the server until it refuses, try as many again, record, stop: the raw results."""
     recordings = workdir / "recordings"
-    server = Server(free_port(), recordings, workdir / "server.log", args.server_arg)
+    server = ServerProcess(recordings, workdir / "server.log", ["--auto-record", *args.server_arg])
     publishers = Publishers(
         server.url("/offer"), media_path, args.sessions_per_sender, args.connect_timeout
     )
@@ -180,7 +161,7 @@ def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, 
     raw: dict[str, Any] = {"serverCommand": shlex.join(server.command), "attempts": []}
     try:
         server.start()
-        server.wait_ready(SERVER_READY_TIMEOUT)
+        server.wait_ready()
         monitor = Monitor(server.url("/healthz"), server.pid)
         monitor.start()
         time.sleep(IDLE_SECONDS)
@@ -228,11 +209,11 @@ def run(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[str, 
         raw["sent"] = publishers.sent()
         time.sleep(args.drain)
         ids = [s["id"] for s in server.sessions()]
-        raw["hangups"] = hang_up(server, ids)
+        raw["hangups"] = server.hang_up(ids)
         raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         publishers.close()
         monitor.stop()
-        raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
+        raw["serverStop"] = server.stop()
     finally:
         if monitor is not None:
             monitor.stop()
@@ -288,12 +269,6 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]]) -> dict[str, A
     }
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def markdown(command: str, s: dict[str, Any]) -> str:
     load = "/".join(f"{x:.2f}" for x in s["loadBefore"] or [])
     rows = [
@@ -310,20 +285,20 @@ def markdown(command: str, s: dict[str, Any]) -> str:
         ),
         (
             "Video frames recorded per session, min / mean (%)",
-            f"{_fmt(s['videoRecordedPctMin'], 2)} / {_fmt(s['videoRecordedPctMean'], 2)}",
+            f"{fmt(s['videoRecordedPctMin'], 2)} / {fmt(s['videoRecordedPctMean'], 2)}",
         ),
         (
             "Audio packets recorded per session, min / mean (%)",
-            f"{_fmt(s['audioRecordedPctMin'], 2)} / {_fmt(s['audioRecordedPctMean'], 2)}",
+            f"{fmt(s['audioRecordedPctMin'], 2)} / {fmt(s['audioRecordedPctMean'], 2)}",
         ),
         (
             "Event-loop lag p99 over the window (histogram bucket) / worst 3 s p99 (ms)",
-            f"≤ {_fmt(s['lagP99BoundMs'])} / {_fmt(s['lagP99GaugeMsMax'])}",
+            f"≤ {fmt(s['lagP99BoundMs'])} / {fmt(s['lagP99GaugeMsMax'])}",
         ),
-        ("Event-loop thread running or waiting for a CPU, mean", _fmt(s["loopBusyMean"], 2)),
-        ("Server CPU, mean (cores)", _fmt(s["serverCpuCoresMean"], 2)),
-        ("Senders' CPU, mean (cores)", _fmt(s["sendersCpuCoresMean"], 2)),
-        ("Machine CPU busy, mean (cores)", _fmt(s["machineBusyCoresMean"], 2)),
+        ("Event-loop thread running or waiting for a CPU, mean", fmt(s["loopBusyMean"], 2)),
+        ("Server CPU, mean (cores)", fmt(s["serverCpuCoresMean"], 2)),
+        ("Senders' CPU, mean (cores)", fmt(s["sendersCpuCoresMean"], 2)),
+        ("Machine CPU busy, mean (cores)", fmt(s["machineBusyCoresMean"], 2)),
         ("Load average before (1 / 5 / 15 min)", load),
         ("Server exit status after SIGTERM", s["serverExitCode"]),
     ]
@@ -359,52 +334,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="extra flag for rtc-recorder serve (repeatable), e.g. --server-arg=--max-sessions=9",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--markdown", action="store_true")
+    add_output_options(parser, "keep the recordings in OUT", "table")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    stem = f"admission-{started:%Y%m%d-%H%M%S}"
-    media_path = media.prepare(media.MediaSpec(), args.out)
-    workdir = Path(tempfile.mkdtemp(prefix="admission-"))
-    try:
-        try:
-            raw = run(args, media_path, workdir)
-        except (ChildError, BenchmarkError, OSError) as error:
-            _log(f"benchmark failed: {error}")
-            with contextlib.suppress(OSError):
-                shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-            return 1
-        _log("checking the recordings with ffmpeg and PyAV …")
-        checked = verify(raw, workdir / "recordings", media_path, decode=False)
+    results = Results.begin("admission", args, argv)
+    media_path = results.media()
+    with results.server_workdir(args.keep_recordings) as workdir:
+        raw = run(args, media_path, workdir)
+        checked = verify(raw.get("sent", {}), workdir / "recordings", media_path, decode=False)
         summary = summarise(raw, checked)
         summary["serverLog"] = log_summary(workdir / "server.log")
-        shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    table = markdown(command, summary)
-    document = {
-        "command": command,
-        "started": started.isoformat(timespec="seconds"),
-        "environment": environment(),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "summary": summary,
-        "sessions": checked,
-        "raw": raw,
-    }
-    (args.out / f"{stem}.json").write_text(json.dumps(document, indent=1, default=str))
-    (args.out / f"{stem}.md").write_text(table + "\n")
+    table = markdown(results.command, summary)
+    results.save(results.document(args, summary=summary, sessions=checked, raw=raw), table)
     if args.markdown:
         print(table)
-    _log(f"{'PASS' if summary['pass'] else 'FAIL'}: results in {args.out / stem}.json")
+    _log(
+        f"{'PASS' if summary['pass'] else 'FAIL'}: {summary['admitted']} admitted, "
+        f"{summary['recordingsComplete']} recorded completely"
+    )
     return 0 if summary["pass"] else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -24,13 +24,8 @@ Results go to ``OUT/server_load-<date>-<time>.json`` (and ``.log``, the server's
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import json
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,45 +33,29 @@ from typing import Any
 
 import psutil
 from loadbench import media, sender
+from loadbench.accounting import RECORDED_TARGET_PCT, verify
+from loadbench.children import Children, cpu_seconds
+from loadbench.machine import SATURATED, MachineWindow
 from loadbench.monitor import PROBE_INTERVAL, PROBE_TIMEOUT, SAMPLE_INTERVAL, Monitor
-from loadbench.processes import ChildError, Senders, cpu_seconds, groups, machine_busy
-from loadbench.report import MB, environment, mean, percentile, slope
+from loadbench.report import MB, fmt, mean, percentile, slope, table
+from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import (
     HANGUP_TIMEOUT,
-    SERVER_READY_TIMEOUT,
-    SERVER_STOP_TIMEOUT,
-    BenchmarkError,
-    Server,
-    free_port,
-    hang_up,
+    ServerProcess,
     log_summary,
     wait_complete,
-    wait_recording,
 )
-from loadbench.verify import RECORDED_TARGET_PCT, verify
 
 HERE = Path(__file__).resolve().parent
-CHECKOUT = HERE.parent
-DEFAULT_OUT = HERE / "results"
 
 IDLE_SECONDS = 2.0  # probing before the first offer: the unloaded baseline
 HEALTHZ_P99_TARGET_MS = 100.0
 RECORDING_START_TIMEOUT = 30.0  # from every sender connected to every session recording
 PHASES = ("idle", "connecting", "recording", "hangup")
-SATURATED = 0.9  # a sample second with the machine at least this busy (share of its cores)
 
 
 def _log(text: str) -> None:
     print(f"[server_load] {text}", file=sys.stderr, flush=True)
-
-
-# -- the server ------------------------------------------------------------------------------
-
-
-# -- the senders -----------------------------------------------------------------------------
-
-
-# -- the monitor: /healthz probes, CPU and RSS samples ---------------------------------------
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -86,14 +65,14 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
     """Start the server and the senders, load it for ``--seconds``, hang up, stop it; the
     raw measurements (the files are verified afterwards)."""
     recordings = workdir / "recordings"
-    server = Server(free_port(), recordings, workdir / "server.log")
-    senders = Senders()
+    server = ServerProcess(recordings, workdir / "server.log", ["--auto-record"])
+    senders = Children()
     monitor: Monitor | None = None
     connect_timeout = args.connect_timeout or 20.0 + 2.0 * args.sessions
     raw: dict[str, Any] = {"serverCommand": shlex.join(server.command)}
     try:
         server.start()
-        raw["serverReadySeconds"] = server.wait_ready(SERVER_READY_TIMEOUT)
+        raw["serverReadySeconds"] = server.wait_ready()
         raw["serverPid"] = server.pid
         _log(f"server pid {server.pid} on port {server.port}, recording to {recordings}")
         monitor = Monitor(server.url("/healthz"), server.pid)
@@ -102,62 +81,59 @@ def run_load(args: argparse.Namespace, media_path: Path, workdir: Path) -> dict[
 
         monitor.phase = "connecting"
         connecting = time.monotonic()
-        offer_url = server.url("/offer")
-        for index, numbers in enumerate(groups(args.sessions, args.sessions_per_sender)):
-            senders.start(
-                f"sender-{index}",
-                sender.run,
-                sender.SenderConfig(index, offer_url, numbers, str(media_path), connect_timeout),
-            )
-        names = senders.names("sender-")
+        names = sender.start_senders(
+            senders,
+            server.url("/offer"),
+            args.sessions,
+            args.sessions_per_sender,
+            media_path,
+            connect_timeout,
+        )
         monitor.sender_pids = [senders.pid(name) for name in names]
         _log(f"{len(names)} sender process(es) connecting {args.sessions} sessions")
         for name in names:
             senders.expect(name, "connected", timeout=connect_timeout + 10)
         raw["sendersConnectedSeconds"] = time.monotonic() - connecting
-        raw["sessionsAtStart"] = wait_recording(server, args.sessions, RECORDING_START_TIMEOUT)
+        raw["sessionsAtStart"] = server.wait_sessions(
+            args.sessions, "recording", RECORDING_START_TIMEOUT
+        )
         raw["allRecordingSeconds"] = time.monotonic() - connecting
         _log(f"all {args.sessions} recording after {raw['allRecordingSeconds']:.1f} s")
 
         monitor.phase = "recording"
         sender_pids = [senders.pid(name) for name in names]
-        sender_cpu, machine = cpu_seconds(sender_pids), psutil.cpu_times()
+        sender_cpu, machine = cpu_seconds(sender_pids), MachineWindow()
         started = time.monotonic()
         _log(f"loading for {args.seconds:g} s")
         while (remaining := args.seconds - (time.monotonic() - started)) > 0:
             time.sleep(min(0.5, remaining))
             senders.check()
             server.check()
-        window = time.monotonic() - started
+        window, load = time.monotonic() - started, machine.end()
         raw["window"] = {
             "seconds": window,
             "senderCpuCores": (cpu_seconds(sender_pids) - sender_cpu) / window,
-            "machineBusyCores": (machine_busy(psutil.cpu_times()) - machine_busy(machine)) / window,
-            "machineCores": psutil.cpu_count(),
+            "machineBusyCores": load["busyCores"],
+            "machineCores": load["cores"],
+            "loadBefore": load["loadBefore"],
+            "loadEnd": load["loadEnd"],
             "senderProcesses": len(names),
         }
         raw["sessionsAtEnd"] = server.sessions()
 
         monitor.phase = "hangup"
-        for name in names:
-            senders.send(name, {"type": "pause"})
-        sent: dict[str, Any] = {}
-        for name in names:
-            sent.update(senders.expect(name, "sent", timeout=30)["sessions"])
-        raw["sent"] = sent
+        raw["sent"] = sender.ask_all(senders, names, "pause", "sent")
         time.sleep(args.drain)  # what was sent reaches the recorders
         ids = [s["id"] for s in raw["sessionsAtEnd"]]
         hangup = time.monotonic()
-        raw["hangups"] = hang_up(server, ids)
+        raw["hangups"] = server.hang_up(ids)
         raw["hangupSeconds"] = time.monotonic() - hangup
         raw["sidecarWaitSeconds"] = wait_complete(recordings, set(ids), HANGUP_TIMEOUT)
         _log(f"hung up {len(ids)} sessions in {raw['hangupSeconds']:.2f} s")
         raw["sessionsAfterHangup"] = server.sessions()
-        for name in names:
-            senders.send(name, {"type": "close"})
-        senders.join(timeout=30)
+        sender.close_all(senders, names)
         monitor.stop()
-        raw["serverStop"] = server.stop(SERVER_STOP_TIMEOUT)
+        raw["serverStop"] = server.stop()
         _log(f"server exited with status {raw['serverStop']['exitCode']}")
     finally:
         if monitor is not None:
@@ -307,20 +283,12 @@ def summarise(raw: dict[str, Any], checked: list[dict[str, Any]], sessions: int)
     }
 
 
-def _fmt(value: Any, digits: int = 1, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}{unit}"
-    return f"{value}{unit}"
-
-
 def _percent(share: float | None) -> float | None:
     return None if share is None else 100.0 * share
 
 
 def _pair(first: Any, second: Any, digits: int = 1) -> str:
-    return f"{_fmt(first, digits)} / {_fmt(second, digits)}"
+    return f"{fmt(first, digits)} / {fmt(second, digits)}"
 
 
 def _verdict(ok: bool) -> str:
@@ -338,12 +306,12 @@ def markdown(
     def phase(name: str) -> str:
         stats = s["healthz"][name]
         return (
-            f"{stats['count']} req, p50 {_fmt(stats['p50Ms'])} / p99 {_fmt(stats['p99Ms'])} / "
-            f"max {_fmt(stats['maxMs'])} ms, {stats['failures']} failed"
+            f"{stats['count']} req, p50 {fmt(stats['p50Ms'])} / p99 {fmt(stats['p99Ms'])} / "
+            f"max {fmt(stats['maxMs'])} ms, {stats['failures']} failed"
         )
 
     breakdown = " + ".join(
-        _fmt(s[key], 2)
+        fmt(s[key], 2)
         for key in (
             "serverCpuCoresMean",
             "sendersCpuCoresMean",
@@ -355,13 +323,13 @@ def markdown(
     )
     rows = [
         ("Sessions (recorded / requested)", f"{s['sessionsRecorded']} / {n}"),
-        ("Load window, all sessions recording (s)", _fmt(s["windowSeconds"])),
+        ("Load window, all sessions recording (s)", fmt(s["windowSeconds"])),
         ("/healthz requests in the window", f"{h['count']:,}"),
         (
             "/healthz p50 / p95 / p99 (ms)",
-            f"{_fmt(h['p50Ms'])} / {_fmt(h['p95Ms'])} / {_fmt(h['p99Ms'])}",
+            f"{fmt(h['p50Ms'])} / {fmt(h['p95Ms'])} / {fmt(h['p99Ms'])}",
         ),
-        ("/healthz max (ms)", _fmt(h["maxMs"])),
+        ("/healthz max (ms)", fmt(h["maxMs"])),
         ("/healthz failures (of which timeouts > 2 s)", f"{h['failures']} ({h['timeouts']})"),
         ("/healthz requests ≥ 100 ms", f"{h['over100Ms']}"),
         ("/healthz while connecting", phase("connecting")),
@@ -369,22 +337,22 @@ def markdown(
         ("/healthz before any session", phase("idle")),
         (
             "Server CPU, mean / peak (cores)",
-            f"{_fmt(s['serverCpuCoresMean'], 2)} / {_fmt(s['serverCpuCoresPeak'], 2)}",
+            f"{fmt(s['serverCpuCoresMean'], 2)} / {fmt(s['serverCpuCoresPeak'], 2)}",
         ),
         (
             "Server RSS, mean / peak (MB)",
-            f"{_fmt(s['serverRssMBMean'])} / {_fmt(s['serverRssMBPeak'])}",
+            f"{fmt(s['serverRssMBMean'])} / {fmt(s['serverRssMBPeak'])}",
         ),
-        ("Server RSS before any session (MB)", _fmt(s["serverRssMBIdle"])),
-        ("Server RSS slope over the window (MB/min)", _fmt(s["serverRssSlopeMBPerMin"])),
+        ("Server RSS before any session (MB)", fmt(s["serverRssMBIdle"])),
+        ("Server RSS slope over the window (MB/min)", fmt(s["serverRssSlopeMBPerMin"])),
         (
             "Server preempted (involuntary context switches / s), mean",
-            _fmt(s["serverPreemptionsPerSecondMean"], 0),
+            fmt(s["serverPreemptionsPerSecondMean"], 0),
         ),
         (
             f"Machine CPU busy, mean (cores of {s['machineCores']}): all = server + senders "
             "+ this script + kernel interrupts + stolen + other processes",
-            f"{_fmt(s['machineBusyCoresMean'], 2)} = {breakdown}",
+            f"{fmt(s['machineBusyCoresMean'], 2)} = {breakdown}",
         ),
         (
             "Time some task waited for a CPU (PSI), mean / worst second (%)",
@@ -398,24 +366,24 @@ def markdown(
         ('Recordings finalized (sidecar "complete")', f"{s['recordingsFinalized']} / {n}"),
         (
             "Video frames recorded, min / mean (%)",
-            f"{_fmt(s['videoRecordedPctMin'], 2)} / {_fmt(s['videoRecordedPctMean'], 2)}",
+            f"{fmt(s['videoRecordedPctMin'], 2)} / {fmt(s['videoRecordedPctMean'], 2)}",
         ),
         (
             "Audio packets recorded, min / mean (%)",
-            f"{_fmt(s['audioRecordedPctMin'], 2)} / {_fmt(s['audioRecordedPctMean'], 2)}",
+            f"{fmt(s['audioRecordedPctMin'], 2)} / {fmt(s['audioRecordedPctMean'], 2)}",
         ),
         (
             "Recording start → first keyframe, mean / max (s)",
             _pair(s["startToFirstKeyframeSecondsMean"], s["startToFirstKeyframeSecondsMax"], 2),
         ),
-        ("Time until all sessions recording (s)", _fmt(s["allRecordingSeconds"], 2)),
+        ("Time until all sessions recording (s)", fmt(s["allRecordingSeconds"], 2)),
         (
             "Hang-up: all DELETEs / slowest (s); not answered 200",
             f"{_pair(s['hangupSeconds'], s['hangupMaxSeconds'], 2)}; {s['hangupFailures']}",
         ),
         (
             "SIGTERM → exit (s), status",
-            f"{_fmt(s['serverStopSeconds'], 2)}, {_fmt(s['serverExitCode'])}",
+            f"{fmt(s['serverStopSeconds'], 2)}, {fmt(s['serverExitCode'])}",
         ),
     ]
     lines = [
@@ -425,19 +393,17 @@ def markdown(
         f"every {media_info['keyframeEveryFrames']} frames) + {media_info['audio']}, pre-encoded, "
         "published over loopback to `rtc-recorder serve --auto-record` (WebM).",
         "",
-        "| Metric | Value |",
-        "|---|---:|",
-        *(f"| {label} | {value} |" for label, value in rows),
+        *table(("Metric", "Value"), rows, "lr"),
         "",
         "| Target | Measured | Result |",
         "|---|---|---|",
         f"| /healthz p99 < {HEALTHZ_P99_TARGET_MS:.0f} ms during the load | "
-        f"{_fmt(h['p99Ms'])} ms | {_verdict(s['targets']['healthzP99'])} |",
+        f"{fmt(h['p99Ms'])} ms | {_verdict(s['targets']['healthzP99'])} |",
         f"| every session recorded completely (clean file, ≥ {RECORDED_TARGET_PCT:.0f} % of video "
         f"frames and audio packets sent while recording) | {s['recordingsComplete']} / {n} | "
         f"{_verdict(s['targets']['allRecordedCompletely'])} |",
         f"| Overall (the two targets above) | | {_verdict(s['pass'])} |",
-        f"| (check) the server exits 0 on SIGTERM | status {_fmt(s['serverExitCode'])} | "
+        f"| (check) the server exits 0 on SIGTERM | status {fmt(s['serverExitCode'])} | "
         f"{_verdict(s['targets']['cleanExit'])} |",
         "",
         "| Session | File duration (s) | Video recorded / sent | Audio recorded / sent "
@@ -452,11 +418,11 @@ def markdown(
             continue
         v, a = c["video"], c["audio"]
         lines.append(
-            f"| {c['session']} | {_fmt(c['fileSeconds']['video'], 2)} "
+            f"| {c['session']} | {fmt(c['fileSeconds']['video'], 2)} "
             f"| {v['recorded']:,} / {v['sentWhileRecording']:,} "
             f"| {a['recorded']:,} / {a['sentWhileRecording']:,} "
-            f"| {_fmt(v['recordedPct'], 2)} | {_fmt(a['recordedPct'], 2)} "
-            f"| {_fmt(v.get('startToFirstRecordedSeconds'), 2)} | {'yes' if c['clean'] else 'NO'} |"
+            f"| {fmt(v['recordedPct'], 2)} | {fmt(a['recordedPct'], 2)} "
+            f"| {fmt(v.get('startToFirstRecordedSeconds'), 2)} | {'yes' if c['clean'] else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -475,9 +441,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seconds", type=float, default=60.0, help="load window, once every session records"
     )
     parser.add_argument("--sessions-per-sender", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory")
-    parser.add_argument("--markdown", action="store_true", help="print the markdown table")
-    parser.add_argument("--keep-recordings", action="store_true", help="keep the recordings in OUT")
+    add_output_options(parser, "keep the recordings in OUT", "markdown table")
     parser.add_argument(
         "--drain", type=float, default=1.0, help="seconds between the senders pausing and hang-up"
     )
@@ -500,72 +464,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(sys.orig_argv if argv is None else [sys.argv[0], *argv])
-    args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = datetime.datetime.now().astimezone()
-    stem = f"server_load-{started:%Y%m%d-%H%M%S}"
-    _log(f"preparing the media loop in {args.out} …")
-    media_path = media.prepare(media.MediaSpec(), args.out)
+    results = Results.begin("server_load", args, argv)
+    media_path = results.media()
     media_info = media.load(media_path).describe()
-    workdir = Path(tempfile.mkdtemp(prefix="server_load-"))
-    try:
-        try:
-            raw = run_load(args, media_path, workdir)
-        except (ChildError, BenchmarkError, OSError) as error:
-            _log(f"benchmark failed: {error}")
-            with contextlib.suppress(OSError):
-                shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-                _log(f"server log: {args.out / f'{stem}.log'}")
-            return 1
-        recordings = workdir / "recordings"
-        _log("checking the recordings with ffmpeg and PyAV …")
-        checked = verify(raw, recordings, media_path, args.decode)
+    with results.server_workdir(args.keep_recordings) as workdir:
+        raw = run_load(args, media_path, workdir)
+        checked = verify(raw.get("sent", {}), workdir / "recordings", media_path, args.decode)
         summary = summarise(raw, checked, args.sessions)
         summary["serverLog"] = log_summary(workdir / "server.log")
-        shutil.copy(workdir / "server.log", args.out / f"{stem}.log")
-        if args.keep_recordings:
-            kept = args.out / f"{stem}-recordings"
-            shutil.move(recordings, kept)
-            _log(f"recordings kept in {kept}")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
-    table = markdown(command, summary, checked, media_info)
-    document = {
-        "command": command,
-        "started": started.isoformat(timespec="seconds"),
-        "environment": environment(),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "media": media_info,
-        "targets": {
+    table = markdown(results.command, summary, checked, media_info)
+    document = results.document(
+        args,
+        media=media_info,
+        targets={
             "healthzP99Ms": HEALTHZ_P99_TARGET_MS,
             "recordedPct": RECORDED_TARGET_PCT,
             "probeIntervalSeconds": PROBE_INTERVAL,
             "probeTimeoutSeconds": PROBE_TIMEOUT,
         },
-        "summary": summary,
-        "sessions": checked,
-        "raw": raw,
-    }
-    output = args.out / f"{stem}.json"
-    output.write_text(json.dumps(document, indent=1, default=str))
-    (args.out / f"{stem}.md").write_text(table + "\n")
-    _log(f"results: {output}")
+        summary=summary,
+        sessions=checked,
+        raw=raw,
+    )
+    results.save(document, table)
     if args.markdown:
         print(table)
     verdict = "PASS" if summary["pass"] else "FAIL"
     _log(
-        f"{verdict}: healthz p99 {_fmt(summary['healthz']['recording']['p99Ms'])} ms, "
+        f"{verdict}: healthz p99 {fmt(summary['healthz']['recording']['p99Ms'])} ms, "
         f"{summary['recordingsComplete']}/{args.sessions} recorded completely"
     )
     return 0 if summary["pass"] else 3
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # run_load's finally has ended the senders and the server by now.
-        print("interrupted: every process ended", file=sys.stderr)
-        sys.exit(130)
+    exit_with(main)

@@ -306,3 +306,22 @@ def test_chromium_opus_with_dtx_gives_one_frame_per_packet_and_keeps_the_silence
     assert codec == "opus" and all(f.complete and not f.gap for f in frames)
     assert min(steps) == 960 and max(steps) >= 960 * 10  # 20 ms packets, DTX silences
     assert decodes(codec, frames) == len(frames)
+
+
+def test_a_new_assembler_continues_a_timestamp_scale_already_in_use() -> None:
+    # Timestamps wrapped once while nobody assembled frames: a new assembler goes on from
+    # where the extended scale had got to, not from the 32-bit value.
+    wrapped = (1 << 32) + 5000
+    assembler = FrameAssembler(wait=WAIT, timestamps=(5000, wrapped))
+    frames = feed(assembler, video_frame(100, 8000, 0.0) + video_frame(103, 11000, 0.033))
+    assert [f.timestamp for f in frames] == [wrapped + 3000, wrapped + 6000]
+
+
+def test_a_stream_joined_mid_frame_starts_with_the_next_whole_frame() -> None:
+    assembler = FrameAssembler(wait=WAIT)
+    frames = feed(assembler, stream(3)[2:])  # the first frame's last packet, then two
+    assert [(f.timestamp, f.complete, f.gap) for f in frames] == [
+        (12000, True, False),
+        (15000, True, False),
+    ]
+    assert assembler.counters.discarded == 1 and assembler.counters.incomplete == 0

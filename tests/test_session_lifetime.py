@@ -27,9 +27,9 @@ def taps_of(client: Any, session: str) -> list[hooks.ReceiverTap]:
 
 async def frames_assembled(taps: list[hooks.ReceiverTap], count: int) -> None:
     """Wait until every tap has assembled ``count`` more frames."""
-    targets = [tap.assembler.counters.frames + count for tap in taps]
+    targets = [tap.frames_seen + count for tap in taps]
     await wait_for(
-        lambda: all(t.assembler.counters.frames >= n for t, n in zip(taps, targets, strict=True)),
+        lambda: all(t.frames_seen >= n for t, n in zip(taps, targets, strict=True)),
         15,
         "frames to arrive",
     )

@@ -1,15 +1,22 @@
-"""What ended up in a recording: its packets per stream, and how many frames decode.
+"""What ended up in a recording: its packets per stream and how many frames decode (PyAV),
+and whether FFmpeg decodes it without a word.
 
-Runs in the orchestrator after the receivers have exited, so it never weighs on a
-measurement."""
+Runs in the orchestrator after the recording processes have exited, so it never weighs on
+a measurement."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import concurrent.futures
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import av
+
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 
 
 def _empty_stream(decode: bool) -> dict[str, Any]:
@@ -79,3 +86,23 @@ def inspect(
     except (av.error.FFmpegError, OSError) as error:
         result["error"] = repr(error)
     return result
+
+
+def ffmpeg_errors(path: Path) -> str:
+    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
+    result = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode and not output:
+        output = f"ffmpeg exited with status {result.returncode}"
+    return output
+
+
+def ffmpeg_all(paths: Sequence[Path]) -> dict[Path, str]:
+    """:func:`ffmpeg_errors` of every path, one ffmpeg per core at a time."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(paths, pool.map(ffmpeg_errors, paths), strict=True))

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import psutil
 
-from .processes import cpu_seconds, machine_busy
+from .children import cpu_seconds
+from .machine import busy_seconds, cpu_pressure_seconds
 from .server import BenchmarkError
 
 PROBE_INTERVAL = 0.1  # seconds between /healthz requests
@@ -56,16 +57,6 @@ class Sample:
     steal_cpu_cores: float
     machine_busy_cores: float
     cpu_pressure: float | None
-
-
-def cpu_pressure_seconds() -> float | None:
-    """Total seconds some task waited for a CPU since boot (PSI), None without PSI."""
-    try:
-        with open("/proc/pressure/cpu") as pressure:
-            some = pressure.readline().split()
-        return int(some[-1].split("=")[1]) / 1e6
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 @dataclass
@@ -121,6 +112,7 @@ class Monitor:
         self._stopping: asyncio.Event | None = None
 
     def start(self) -> None:
+        """Start probing and sampling, on the monitor's own thread."""
         self._thread.start()
         if not self._ready.wait(10):
             raise BenchmarkError("the monitor thread did not start")
@@ -204,7 +196,7 @@ class Monitor:
             preemptions=server.num_ctx_switches().involuntary,
             senders=cpu_seconds(list(self.sender_pids)),
             own=own.user + own.system,
-            machine=machine_busy(machine),
+            machine=busy_seconds(machine),
             interrupts=getattr(machine, "irq", 0.0) + getattr(machine, "softirq", 0.0),
             steal=getattr(machine, "steal", 0.0),
             pressure=cpu_pressure_seconds(),

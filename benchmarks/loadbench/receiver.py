@@ -35,11 +35,13 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from .aiortc_order import video_first
 from .common import LOOPBACK, Channel, loopback_only, rtc_configuration, run_child
+from .lag import LagProbe
+from .machine import MachineWindow
 
 KINDS = ("aiortc", "rtc-recorder")
 MEDIA_KINDS = ("video", "audio")
-LAG_PERIOD = 0.01  # seconds the lag probe sleeps
 STOP_TIMEOUT = 120.0  # for stopping every recorder at the end of a run
 CLOSE_TIMEOUT = 10.0  # for each step of the clean-up
 IDLE_SECONDS = 2.0  # before the first session: the idle CPU and the baseline RSS
@@ -100,22 +102,6 @@ class Session:
             self.finished = True
 
 
-class LagProbe:
-    """How late the event loop wakes a task sleeping :data:`LAG_PERIOD`, in seconds."""
-
-    def __init__(self) -> None:
-        self.recording = False
-        self.samples: list[float] = []
-
-    async def run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(LAG_PERIOD)
-            late = time.perf_counter() - before - LAG_PERIOD
-            if self.recording:
-                self.samples.append(max(0.0, late))
-
-
 class RssSampler:
     """The process' resident set size every ``interval`` seconds, with the phase it was in.
 
@@ -166,6 +152,11 @@ class RssSampler:
             self._stopping.wait(max(0.0, next_at - time.monotonic()))
 
 
+def file_name(number: int) -> str:
+    """The recording of session ``number``, in the recordings folder."""
+    return f"session-{number:03d}.webm"
+
+
 def _recorder_factory(kind: str) -> Any:
     """The recorder class; rtc-recorder must be imported before any RTCPeerConnection."""
     if kind == "aiortc":
@@ -205,13 +196,16 @@ class Receiver:
         if number in self.sessions or not 0 <= number < self.config.sessions:
             raise web.HTTPBadRequest(text=f"unexpected session {number}")
         pc = RTCPeerConnection(rtc_configuration())
-        path = self.directory / f"session-{number:03d}.webm"
+        path = self.directory / file_name(number)
         session = Session(number, pc, self.recorder_class(str(path)), path)
         self.sessions[number] = session
+        first_video = asyncio.Event()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             session.tracks.append(track)
+            if self.config.kind == "aiortc":
+                track = video_first(track, first_video)
             session.recorder.addTrack(track)
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=params["sdp"], type=params["type"]))
@@ -256,7 +250,7 @@ class Receiver:
 
     async def measure_window(self) -> dict[str, Any]:
         """CPU, lag and machine load over ``seconds`` (fewer if RSS passes the limit)."""
-        machine_before = psutil.cpu_times()
+        machine = MachineWindow()
         cpu_before = self.process.cpu_times()
         started = time.monotonic()
         self.lag.recording = True
@@ -272,25 +266,19 @@ class Receiver:
             pass
         cpu_after = self.process.cpu_times()
         ended = time.monotonic()
-        machine_after = psutil.cpu_times()
+        load = machine.end()
         self.rss.sample()
         self.lag.recording = False
         self.rss.phase = "after"
         self.channel.send({"type": "window_end"})
         elapsed = ended - started
-        idle = ("idle", "iowait")
-        machine_busy = sum(
-            getattr(machine_after, name) - getattr(machine_before, name)
-            for name in machine_after._fields
-            if name not in idle and name not in ("guest", "guest_nice")  # counted in user
-        )
         return {
             "start": started,
             "seconds": elapsed,
             "cpuUser": cpu_after.user - cpu_before.user,
             "cpuSystem": cpu_after.system - cpu_before.system,
-            "machineBusyCores": machine_busy / elapsed,
-            "machineCores": psutil.cpu_count(),
+            "machineBusyCores": load["busyCores"],
+            "machineCores": load["cores"],
             "rssLimitHit": limit_hit,
         }
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
-import multiprocessing
-import platform
-import subprocess
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 MB = 2**20
-CHECKOUT = Path(__file__).resolve().parent.parent.parent
 MEDIA_KINDS = ("video", "audio")
 
 
@@ -39,6 +33,31 @@ def slope(points: Sequence[tuple[float, float]]) -> float | None:
     if spread == 0:
         return None
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+def mean(values: Sequence[float]) -> float | None:
+    """The mean of ``values``, None if empty."""
+    return sum(values) / len(values) if values else None
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    """A figure for a table: a float with ``digits`` decimals (and thousands separators),
+    anything else as it is, "n/a" for None."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> list[str]:
+    """The lines of a markdown table; ``align`` has an ``l`` or ``r`` per column."""
+    rule = "|" + "".join("---:|" if side == "r" else "---|" for side in align)
+    return [
+        "| " + " | ".join(header) + " |",
+        rule,
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def _percent(part: float, whole: float) -> float | None:
@@ -255,53 +274,3 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines.extend(f"\n{note}" for note in notes)
     return "\n".join(lines)
-
-
-def mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
-def checkout() -> dict[str, Any] | None:
-    """The git commit of this checkout, and whether rtc_recorder differs from it."""
-
-    def git(*arguments: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(CHECKOUT), *arguments],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-
-    try:
-        return {
-            "commit": git("rev-parse", "HEAD"),
-            "rtcRecorderModified": bool(git("status", "--porcelain", "--", "rtc_recorder")),
-        }
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment() -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
-    model = None
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), None
-            )
-    except OSError:
-        pass
-    return {
-        "checkout": checkout(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": model,
-        "cpuCount": multiprocessing.cpu_count(),
-        "packages": {name: version(name) for name in ("aiortc", "av", "rtc-recorder", "aiohttp")},
-    }

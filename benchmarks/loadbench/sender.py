@@ -5,19 +5,32 @@ Each session is one ``RTCPeerConnection`` with a VP8 and an Opus track that hand
 costs RTP, SRTP and pacing, never encoding. Packets are paced in real time from the
 session's first packet; timestamps keep increasing across loops.
 
-Talks to the orchestrator over its pipe: ``connected`` once every session is; then, on
-``open`` (with a session ``number``), one more session is offered and ``opened`` answers
-with the server's status (a refusal is reported, not an error: its peer connection is
-closed); on ``pause`` all tracks stop handing out packets and the counts sent by the
-sessions the server took are reported (``sent``); on ``close`` (or a signal, or the pipe
-closing) the peer connections are closed.
+Talks to the orchestrator over its pipe. Once the sessions of its config are connected
+(none, for a sender whose sessions come on request), it sends ``connected``; then it answers
+each request until ``close`` (or a signal, or the pipe closing), when every peer connection
+is closed:
+
+- ``open`` (``sessions``: numbers) -> ``opened``: the sessions are offered at once; per
+  session its ``status`` (200 once connected, with ``session``, the server's id; or the
+  server's refusal, with its ``retryAfter`` and ``body``, its peer connection closed);
+- ``hang_up`` (numbers; the server has hung up already) -> ``hung_up``: what each sent,
+  its peer connection closed;
+- ``pause`` -> ``sent``: every track stops handing out packets for good; what each session
+  sent;
+- ``rtp`` -> ``rtp``: each session's RTP statistics, as the receiver's first report after
+  the pause gives them.
+
+The orchestrator's side: :func:`start_senders`, :func:`open_sessions`, :func:`ask_all` and
+:func:`close_all`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,10 +41,12 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .common import Channel, loopback_only, rtc_configuration, run_child
+from .children import Children, groups
+from .common import Channel, Message, loopback_only, rtc_configuration, run_child
 from .media import AUDIO_PACKET_SAMPLES, AUDIO_RATE, EncodedLoop, load
 
 CLOSE_TIMEOUT = 10.0
+REPORT_TIMEOUT = 3.0  # for the receiver's first RTCP report after the pause
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,40 @@ class Session:
             "serverSession": self.server_session,
         }
 
+    async def rtp(self, after: float) -> dict[str, dict[str, Any]]:
+        """Per kind, the RTP packets sent and those the receiver reported lost, from its
+        first receiver report (RTCP) at or after wall-clock time ``after`` (or its last one,
+        if none comes within :data:`REPORT_TIMEOUT`)."""
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while True:
+            result = await self._rtp()
+            reports = [kind.get("reportedAt") for kind in result.values()]
+            fresh = all(at is not None and at >= after for at in reports)
+            if (fresh and len(result) == 2) or time.monotonic() > deadline:
+                return result
+            await asyncio.sleep(0.1)
+
+    async def _rtp(self) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = {}
+        for rtp_sender in self.pc.getSenders():
+            kind = rtp_sender.track.kind if rtp_sender.track is not None else None
+            if kind is None:
+                continue
+            entry = result.setdefault(kind, {"packetsSent": 0, "packetsLost": None})
+            for stats in (await rtp_sender.getStats()).values():
+                if stats.type == "outbound-rtp":
+                    entry["packetsSent"] = stats.packetsSent
+                elif stats.type == "remote-inbound-rtp":
+                    entry["packetsLost"] = stats.packetsLost
+                    entry["reportedAt"] = stats.timestamp.timestamp()
+        return result
+
+    async def close(self) -> None:
+        """Stop the tracks and close the peer connection."""
+        self.video.stop()
+        self.audio.stop()
+        await self.pc.close()
+
 
 def _prefer(pc: RTCPeerConnection) -> None:
     """Offer VP8 (with its RTX) and Opus only, so both recorders get the same codecs."""
@@ -162,7 +211,7 @@ async def _open_session(
     gate: Gate,
     http: aiohttp.ClientSession,
     url: str,
-    sessions: list[Session],
+    sessions: dict[int, Session],
 ) -> None:
     pc = RTCPeerConnection(rtc_configuration())
     clock = SessionClock()
@@ -184,7 +233,7 @@ async def _open_session(
         gate,
     )
     session = Session(number, pc, video, audio, clock)
-    sessions.append(session)  # closed even if this fails
+    sessions[number] = session  # closed even if this fails
     connected = asyncio.Event()
 
     @pc.on("connectionstatechange")
@@ -209,65 +258,153 @@ async def _open_session(
     await connected.wait()
 
 
+class Publisher:
+    """The sessions of one sending process, opened, paused and hung up on request."""
+
+    def __init__(self, config: SenderConfig, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.media = load(Path(config.media_path))
+        self.gate = Gate()
+        self.http = http
+        self.sessions: dict[int, Session] = {}
+        self.paused_at: float | None = None  # wall clock
+
+    async def open(self, numbers: Sequence[int]) -> dict[str, dict[str, Any]]:
+        """Offer sessions ``numbers`` at once; per session (by number) the server's answer
+        (see the module's ``opened``). Anything but a refusal, or not being connected within
+        the config's timeout, raises."""
+        answers: dict[str, dict[str, Any]] = {}
+        async with asyncio.timeout(self.config.connect_timeout), asyncio.TaskGroup() as group:
+            for number in numbers:
+                group.create_task(self._offer(number, answers))
+        return answers
+
+    async def _offer(self, number: int, answers: dict[str, dict[str, Any]]) -> None:
+        try:
+            await _open_session(
+                number, self.media, self.gate, self.http, self.config.offer_url, self.sessions
+            )
+        except Refused as refused:
+            await self.sessions.pop(number).close()
+            answers[str(number)] = {
+                "status": refused.status,
+                "retryAfter": refused.retry_after,
+                "body": refused.body,
+            }
+            return
+        answers[str(number)] = {"status": 200, "session": self.sessions[number].server_session}
+
+    async def hang_up(self, numbers: Sequence[int]) -> dict[str, dict[str, Any]]:
+        """Close sessions ``numbers`` (the server has hung up already); what each sent."""
+        ending = [self.sessions.pop(number) for number in numbers]
+        counts = {str(s.number): s.counts() for s in ending}
+        await _close_all(ending)
+        return counts
+
+    def pause(self) -> dict[str, dict[str, Any]]:
+        """Every track stops handing out packets, for good; what each session sent."""
+        self.gate.open = False
+        self.paused_at = time.time()
+        return {str(s.number): s.counts() for s in self.sessions.values()}
+
+    async def rtp(self) -> dict[str, dict[str, Any]]:
+        """Each session's RTP statistics from the receiver's first report after the pause."""
+        after = self.paused_at if self.paused_at is not None else time.time()
+        live = list(self.sessions.values())
+        reports = await asyncio.gather(*(s.rtp(after=after) for s in live))
+        return {str(s.number): report for s, report in zip(live, reports, strict=True)}
+
+    async def answer(self, message: Message) -> Message:
+        """The answer to one of the orchestrator's requests (not ``close``)."""
+        kind = message["type"]
+        if kind == "open":
+            return {"type": "opened", "sessions": await self.open(message["sessions"])}
+        if kind == "hang_up":
+            return {"type": "hung_up", "sessions": await self.hang_up(message["sessions"])}
+        if kind == "pause":
+            return {"type": "sent", "sessions": self.pause()}
+        return {"type": "rtp", "sessions": await self.rtp()}
+
+    async def close(self) -> None:
+        """Close every session still open (within :data:`CLOSE_TIMEOUT`)."""
+        await _close_all(list(self.sessions.values()))
+
+
+REQUESTS = ("open", "hang_up", "pause", "rtp", "close")
+
+
 async def _main(channel: Channel, config: SenderConfig) -> None:
     loopback_only()
-    media = load(Path(config.media_path))
-    gate = Gate()
-    sessions: list[Session] = []
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=config.connect_timeout))
-    try:
-        async with asyncio.timeout(config.connect_timeout), asyncio.TaskGroup() as group:
-            for number in config.sessions:
-                group.create_task(
-                    _open_session(number, media, gate, http, config.offer_url, sessions)
-                )
-        channel.send({"type": "connected", "sender": config.index})
-        while (message := await channel.receive("open", "pause"))["type"] == "open":
-            opened = await _open_one(message["number"], media, gate, http, config, sessions)
-            channel.send({"type": "opened", **opened})
-        gate.open = False
-        channel.send(
-            {"type": "sent", "sessions": {str(s.number): s.counts() for s in sessions}},
-        )
-        await channel.receive("close")
-    finally:
-        await http.close()
-        for session in sessions:
-            session.video.stop()
-            session.audio.stop()
-        async with asyncio.timeout(CLOSE_TIMEOUT):
-            await asyncio.gather(*(s.pc.close() for s in sessions), return_exceptions=True)
+    timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        publisher = Publisher(config, http)
+        try:
+            opened = await publisher.open(config.sessions)
+            refused = {n: a["status"] for n, a in opened.items() if a["status"] != 200}
+            if refused:
+                raise RuntimeError(f"/offer refused sessions (number: status): {refused}")
+            channel.send({"type": "connected", "sender": config.index})
+            while (message := await channel.receive(*REQUESTS))["type"] != "close":
+                channel.send(await publisher.answer(message))
+        finally:
+            await publisher.close()
 
 
-async def _open_one(
-    number: int,
-    media: EncodedLoop,
-    gate: Gate,
-    http: aiohttp.ClientSession,
-    config: SenderConfig,
-    sessions: list[Session],
-) -> dict[str, Any]:
-    """Offer one more session: the server's status, and its session id once connected (a
-    refused session is closed and forgotten)."""
-    try:
-        async with asyncio.timeout(config.connect_timeout):
-            await _open_session(number, media, gate, http, config.offer_url, sessions)
-    except Refused as refused:
-        session = next(s for s in sessions if s.number == number)
-        sessions.remove(session)
-        session.video.stop()
-        session.audio.stop()
-        await session.pc.close()
-        return {
-            "number": number,
-            "status": refused.status,
-            "retryAfter": refused.retry_after,
-            "body": refused.body,
-        }
-    session = next(s for s in sessions if s.number == number)
-    return {"number": number, "status": 200, "session": session.server_session}
+async def _close_all(sessions: list[Session]) -> None:
+    async with asyncio.timeout(CLOSE_TIMEOUT):
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
 
 def run(connection: Connection, config: SenderConfig) -> None:
     """Process entry point."""
     run_child(connection, lambda channel: _main(channel, config))
+
+
+# -- the orchestrator's side -----------------------------------------------------------------
+
+
+def start_senders(
+    children: Children,
+    offer_url: str,
+    sessions: int,
+    per_process: int,
+    media_path: Path,
+    connect_timeout: float,
+) -> list[str]:
+    """Start sender processes (``sender-0``, ``sender-1`` ...) for sessions ``0 .. sessions
+    - 1``, ``per_process`` each, offering to ``offer_url``; their names."""
+    for index, numbers in enumerate(groups(sessions, per_process)):
+        config = SenderConfig(index, offer_url, numbers, str(media_path), connect_timeout)
+        children.start(f"sender-{index}", run, config)
+    return children.names("sender-")
+
+
+def open_sessions(
+    children: Children, name: str, numbers: Sequence[int], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Have sender ``name`` open sessions ``numbers``: its ``opened`` answer, by number."""
+    children.send(name, {"type": "open", "sessions": list(numbers)})
+    answers: dict[str, dict[str, Any]] = children.expect(name, "opened", timeout)["sessions"]
+    return answers
+
+
+def ask_all(
+    children: Children, names: Sequence[str], request: str, reply: str, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Send ``request`` to every sender of ``names``; their ``reply`` messages' sessions,
+    merged (by session number)."""
+    for name in names:
+        children.send(name, {"type": request})
+    merged: dict[str, Any] = {}
+    for name in names:
+        merged.update(children.expect(name, reply, timeout)["sessions"])
+    return merged
+
+
+def close_all(children: Children, names: Sequence[str], timeout: float = 30.0) -> None:
+    """Have every sender of ``names`` close its sessions and exit; wait ``timeout`` seconds
+    at most (:meth:`Children.end` deals with any still running)."""
+    for name in names:
+        with contextlib.suppress(OSError):  # it exited already: nothing to close
+            children.send(name, {"type": "close"})
+    children.join(timeout)

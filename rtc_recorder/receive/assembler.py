@@ -16,6 +16,9 @@ up on it: the frame it belonged to comes out marked incomplete (or not at all, i
 of its packets came), and the next frame is marked as following a gap. ``max_held``
 packets waiting behind a hole also end the wait.
 
+A stream joined in the middle of a frame (the first packets continue a frame whose
+beginning came before) starts with the next whole frame.
+
 Padding packets (no payload: bandwidth probes) take sequence numbers but carry no media;
 they count as received. A new SSRC starts a new stream: what is held of the old one is
 given up and the first frame of the new one is marked as following a gap.
@@ -100,11 +103,16 @@ class _Stream:
 class FrameAssembler:
     """Re-assembles the frames of one RTP stream (one receiver's media SSRC)."""
 
-    def __init__(self, *, wait: float, max_held: int = 1024) -> None:
+    def __init__(
+        self, *, wait: float, max_held: int = 1024, timestamps: tuple[int, int] | None = None
+    ) -> None:
         self.wait = wait
         self.max_held = max_held
         self.counters = AssemblerCounters()
         self._stream: _Stream | None = None
+        # (32-bit, extended) timestamp to extend the first stream's from, to continue a
+        # scale already in use; by default the first frame's 32-bit value starts it.
+        self._timestamps = timestamps
 
     @property
     def held(self) -> int:
@@ -151,6 +159,8 @@ class FrameAssembler:
         if restarted:
             self.counters.restarts += 1
         stream = _Stream(packet.ssrc, packet.sequence, packet.sequence, gap=restarted)
+        if not restarted:
+            stream.last_timestamp = self._timestamps
         self._stream = stream
         return stream
 
@@ -219,8 +229,12 @@ class FrameAssembler:
         """The packets from the cursor to ``end`` as a frame (None for padding)."""
         packets = [stream.held.pop(s) for s in range(stream.cursor, end + 1)]
         stream.cursor = end + 1
-        stream.emitted = True
+        joined, stream.emitted = stream.emitted, True
         if not packets[0].data:
+            return None
+        if not joined and not packets[0].starts_frame:
+            # The end of a frame that began before the stream was joined: not a loss.
+            self.counters.discarded += len(packets)
             return None
         return self._frame(stream, packets, complete=packets[0].starts_frame)
 
@@ -236,7 +250,10 @@ class FrameAssembler:
             abandoned = first.timestamp
             taken = {s for s, p in stream.held.items() if p.timestamp == abandoned and p.data}
             packets = [stream.held.pop(s) for s in sorted(taken)]
-            partial = self._frame(stream, packets, complete=False)
+            if stream.emitted or first.starts_frame:
+                partial = self._frame(stream, packets, complete=False)
+            else:  # what came of a frame begun before the stream was joined
+                self.counters.discarded += len(packets)
         resume = next(
             (
                 s

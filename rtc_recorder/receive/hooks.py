@@ -157,6 +157,7 @@ class ReceiverTap:
         self.decoding = False
         self.frames_to_decoder = 0
         self.failures = 0
+        self.frames_seen = 0  # frames received (assembled or, with nobody taking them, begun)
         # The frame interval of the stream's grid (a plain float, read by writer threads).
         self.frame_grid = DEFAULT_FRAME_INTERVAL
         self.assembler = FrameAssembler(wait=WAITS.get(track.kind, WAITS["video"]))
@@ -168,7 +169,6 @@ class ReceiverTap:
         self._clocks: dict[int, StreamClock] = {}  # ssrc -> its clock
         self._reports: dict[int, tuple[float, int]] = {}  # ssrc -> (NTP seconds, RTP ts)
         self._latest: tuple[int, int] | None = None  # (32-bit, extended) last timestamp
-        self._last_frame: EncodedFrame | None = None
         self._ended = False
         self._keyframe_pending = False
         self._pli_tasks: set[asyncio.Future[None]] = set()
@@ -284,9 +284,35 @@ class ReceiverTap:
         if codec is None:
             return
         now = time.monotonic()
+        if not self._subscriptions:
+            self._observe(packet, codec, now)
+            return
         frames = self.assembler.push(assembly_packet(packet, codec[0], self.kind, now), now)
         for frame in frames:
             self._deliver(codec, frame)
+
+    def _observe(self, packet: RtpPacket, codec: tuple[str, int], now: float) -> None:
+        """Nobody takes frames: only keep learning the sender's clock, from each frame's
+        first packet (a few operations, where assembling frames nobody wants costs more
+        than everything else the recorder does)."""
+        name, rate = codec
+        if self.kind == "video" and not frame_start(name, packet.payload):
+            return
+        extended = self._extend(packet.timestamp)
+        self.frames_seen += 1
+        clock = self.clock(packet.ssrc, rate)
+        clock.reference(extended, now)
+        self.frame_grid = clock.frames.grid
+
+    def _extend(self, timestamp: int) -> int:
+        """A 32-bit RTP timestamp on the stream's extended scale (the assembler's)."""
+        if self._latest is None:
+            self._latest = (timestamp, timestamp)
+            return timestamp
+        raw, extended = self._latest
+        extended += _signed32(timestamp - raw)
+        self._latest = (timestamp, extended)
+        return extended
 
     def _codec(self, payload_type: int) -> tuple[str, int] | None:
         known = self._codec_names.get(payload_type)
@@ -304,6 +330,7 @@ class ReceiverTap:
     def _deliver(self, codec: tuple[str, int], frame: Frame) -> None:
         name, rate = codec
         self._latest = (frame.timestamp % (1 << 32), frame.timestamp)
+        self.frames_seen += 1
         encoded = EncodedFrame(
             codec=name,
             data=frame.data,
@@ -314,7 +341,6 @@ class ReceiverTap:
             gap=frame.gap,
             ssrc=frame.ssrc,
         )
-        self._last_frame = encoded
         clock = self.clock(frame.ssrc, rate)
         encoded.reference = clock.reference(frame.timestamp, frame.arrival)
         self.frame_grid = clock.frames.grid
@@ -355,11 +381,6 @@ class ReceiverTap:
             (ntp >> 32) + (ntp & 0xFFFFFFFF) / (1 << 32),
             info.rtp_timestamp,
         )
-
-    @property
-    def last_frame(self) -> EncodedFrame | None:
-        """The latest frame the receiver assembled (listened to or not)."""
-        return self._last_frame
 
     # -- decoding on demand -------------------------------------------------------------
 
@@ -420,6 +441,9 @@ class ReceiverTap:
         A subscription holds the tap installed until :meth:`unsubscribe`."""
         if not self.installed:
             self.install()
+        if not self._subscriptions:
+            # Frames are assembled again from here, on the scale of the timestamps seen.
+            self.assembler = FrameAssembler(wait=self.assembler.wait, timestamps=self._latest)
         self._subscriptions.append(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:

@@ -1,14 +1,17 @@
-"""Checking a server's recordings against what the senders sent: ffmpeg's verdict, and
-which sent packets each file holds (pass-through keeps them byte for byte)."""
+"""Which packets a recording made through the server holds, against what its sender sent.
+
+Pass-through recording keeps every frame's bytes, and every packet of the loop differs, so
+each recorded packet is identified in the loop (:class:`LoopIndex`); with the sender's
+pacing clock and the recording's start (its sidecar's ``created``), this counts what was
+sent while recording, what the file holds, and what is missing where. See
+benchmarks/README.md ("How recorded completely is counted") for the rules.
+"""
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import math
-import os
-import shutil
-import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,26 +19,11 @@ from typing import Any
 import av
 
 from . import files, media
+from .files import ffmpeg_all
 from .media import AUDIO_PACKET_SAMPLES, AUDIO_RATE, EncodedLoop
 from .server import sidecars
 
-FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
-
-RECORDED_TARGET_PCT = 99.0
-
-
-def ffmpeg_errors(path: Path) -> str:
-    """What ``ffmpeg -v error -i FILE -f null -`` prints (nothing for a clean file)."""
-    result = subprocess.run(
-        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    output = (result.stdout + result.stderr).strip()
-    if result.returncode and not output:
-        output = f"ffmpeg exited with status {result.returncode}"
-    return output
+RECORDED_TARGET_PCT = 99.0  # a session is recorded completely at or above this, per kind
 
 
 class LoopIndex:
@@ -72,7 +60,7 @@ class Positions:
         self.found.setdefault(kind, []).append(self.index[kind].position(bytes(packet)))
 
 
-def walk(positions: list[int | None], first: int, length: int) -> dict[str, Any]:
+def walk_positions(positions: list[int | None], first: int, length: int) -> dict[str, Any]:
     """Follow the recorded packets through the sent ones from absolute index ``first``:
     the gaps (``[index, packets missing]``), repeats, packets out of order, packets not
     identified, and the absolute index of the last one."""
@@ -138,7 +126,7 @@ def account(
         result["firstKeyframeAfterStart"] = start
         result["notCountedBeforeKeyframe"] = max(0, counted_from - first_due)
     if first is not None:
-        walked = walk(positions, first, index.length)
+        walked = walk_positions(positions, first, index.length)
         result.update(
             {
                 "startToFirstRecordedSeconds": first * interval - offset,
@@ -156,17 +144,18 @@ def account(
 def verify_session(
     number: str,
     sent: dict[str, Any],
-    sidecars: dict[str, dict[str, Any]],
+    metas: dict[str, dict[str, Any]],
     folder: Path,
     loop: EncodedLoop,
     indexes: dict[str, LoopIndex],
     decode: bool,
     ffmpeg_output: dict[Path, str],
 ) -> dict[str, Any]:
-    """Everything about one session's recording: the sidecar, ffmpeg's verdict, the
-    packets PyAV reads, and the counts against what its sender sent."""
+    """Everything about session ``number``'s recording (``sent``: its sender's report):
+    the sidecar (of ``metas``, by file name), ffmpeg's verdict, the packets PyAV reads,
+    and the counts against what its sender sent."""
     session_id = sent.get("serverSession")
-    named = [(name, meta) for name, meta in sidecars.items() if meta.get("session") == session_id]
+    named = [(name, meta) for name, meta in metas.items() if meta.get("session") == session_id]
     result: dict[str, Any] = {"session": int(number), "serverSession": session_id}
     if len(named) != 1:
         result["error"] = f"{len(named)} recordings for server session {session_id}"
@@ -228,16 +217,17 @@ def verify_session(
 
 
 def verify(
-    raw: dict[str, Any], folder: Path, media_path: Path, decode: bool
+    sent: dict[str, Any], folder: Path, media_path: Path, decode: bool
 ) -> list[dict[str, Any]]:
-    """Check every session's recording (ffmpeg on all cores, then PyAV one by one)."""
+    """Check the recording of every session in ``sent`` (the senders' reports, by session
+    number) found in ``folder``: ffmpeg on all cores, then PyAV one by one."""
     loop = media.load(media_path)
     indexes = {"video": LoopIndex(loop.video), "audio": LoopIndex(loop.audio)}
-    found = sidecars(folder)
-    paths = [folder / name for name in found if (folder / name).exists()]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        ffmpeg_output = dict(zip(paths, pool.map(ffmpeg_errors, paths), strict=True))
+    metas = sidecars(folder)
+    paths = [folder / name for name in metas if (folder / name).exists()]
+    print(f"checking {len(paths)} recordings with ffmpeg and PyAV …", file=sys.stderr, flush=True)
+    ffmpeg_output = ffmpeg_all(paths)
     return [
-        verify_session(number, sent, found, folder, loop, indexes, decode, ffmpeg_output)
-        for number, sent in sorted(raw.get("sent", {}).items(), key=lambda item: int(item[0]))
+        verify_session(number, report, metas, folder, loop, indexes, decode, ffmpeg_output)
+        for number, report in sorted(sent.items(), key=lambda item: int(item[0]))
     ]

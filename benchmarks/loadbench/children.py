@@ -1,5 +1,6 @@
-"""The benchmarks' child processes (spawned, each with a pipe to the orchestrator) and the
-CPU they and the machine use."""
+"""The orchestrator's side of the benchmarks' child processes: starting them with a pipe
+each, waiting for their messages, and leaving none running; plus what is measured of them
+from outside."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Children:
         self._inbox: dict[str, deque[Message]] = {}
 
     def start(self, name: str, target: Callable[[Connection, Any], None], config: Any) -> None:
+        """Start ``target(pipe, config)`` in a new process called ``name``."""
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=target, args=(theirs, config), name=name, daemon=True
@@ -50,14 +52,17 @@ class Children:
         self._inbox[name] = deque()
 
     def pid(self, name: str) -> int:
+        """The process id of child ``name``."""
         pid = self._processes[name].pid
         assert pid is not None
         return pid
 
     def names(self, prefix: str) -> list[str]:
+        """The children whose name starts with ``prefix``, in the order they started."""
         return [name for name in self._processes if name.startswith(prefix)]
 
     def send(self, name: str, message: Message) -> None:
+        """Send ``message`` to child ``name``."""
         self._pipes[name].send(message)
 
     def expect(self, name: str, kind: str, timeout: float) -> Message:
@@ -100,6 +105,13 @@ class Children:
             if status not in (None, 0):
                 raise ChildError(f"{name} exited with status {status}")
 
+    def check(self) -> None:
+        """Raise :class:`ChildError` if a child reported an error or has exited."""
+        self._collect()
+        for name, process in self._processes.items():
+            if not process.is_alive():
+                raise ChildError(f"{name} exited (status {process.exitcode})")
+
     def join(self, timeout: float) -> None:
         """Wait for every child to exit by itself."""
         deadline = time.monotonic() + timeout
@@ -122,35 +134,17 @@ class Children:
             pipe.close()
 
 
-class Senders(Children):
-    """The sender processes (see :class:`Children`), with a liveness check."""
-
-    def check(self) -> None:
-        """Raise :class:`ChildError` if a sender reported an error or has exited."""
-        self._collect()
-        for name, process in self._processes.items():
-            if not process.is_alive():
-                raise ChildError(f"{name} exited (status {process.exitcode})")
-
-
-def groups(sessions: int, per_sender: int) -> Iterator[tuple[int, ...]]:
-    for first in range(0, sessions, per_sender):
-        yield tuple(range(first, min(first + per_sender, sessions)))
-
-
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of the processes ``pids`` so far."""
+    """User + system CPU seconds of the processes ``pids`` so far (those gone count 0)."""
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.Error):
             times = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
+            total += times.user + times.system
     return total
 
 
-def machine_busy(times: Any) -> float:
-    """Non-idle CPU seconds in a ``psutil.cpu_times()`` (guest time is counted in user)."""
-    skip = ("idle", "iowait", "guest", "guest_nice")
-    return float(sum(getattr(times, name) for name in times._fields if name not in skip))
+def groups(sessions: int, per_process: int) -> Iterator[tuple[int, ...]]:
+    """Session numbers ``0 .. sessions - 1`` in groups of ``per_process``."""
+    for first in range(0, sessions, per_process):
+        yield tuple(range(first, min(first + per_process, sessions)))
