@@ -105,9 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if arguments else 2
     if arguments[0] == "compose":
-        from . import compose_command  # numpy and Pillow only for this command
+        from .compose import command  # numpy and Pillow only for this command
 
-        return compose_command.main(arguments[1:])
+        return command.main(arguments[1:])
     if arguments[0] != "serve":
         parser.error(f"unknown command {arguments[0]!r}")
     return serve(arguments[1:])

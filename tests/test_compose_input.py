@@ -22,9 +22,8 @@ from rtc_recorder.compose import (
     fit,
     grid_cells,
     speaker_cells,
-    text_mask,
-    yuv,
 )
+from rtc_recorder.compose.drawing import text_mask, yuv
 
 from .media import ffmpeg_errors, probe
 from .room_folder import manifest, participant, room_folder

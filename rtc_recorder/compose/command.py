@@ -16,14 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from .compose import (
-    DEFAULT_FPS,
-    DEFAULT_SIZE,
-    LAYOUTS,
-    CompositionCancelled,
-    CompositionError,
-    compose,
-)
+from . import DEFAULT_FPS, DEFAULT_SIZE, LAYOUTS, CompositionCancelled, CompositionError, compose
 
 EXIT_FAILED = 1
 EXIT_CANCELLED = 130
