@@ -1,11 +1,12 @@
 """``rtc-recorder compose`` on a room recorded here (tests/room_folder.py): the composite is
 decoded back (PyAV, Debian's ffmpeg) and checked on its pixels and its sound against the
-room's own files; and the server's compose jobs."""
+room's own files."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import resource
 import shutil
 import signal
@@ -148,6 +149,8 @@ def test_the_composite_lasts_the_recording_and_decodes_cleanly(room: Room, grid:
     assert abs(info["audio"].end - duration) <= FRAME, (info["audio"].end, duration)
     assert info["video"].start == 0.0
     assert np.allclose(np.diff(info["video"].frames), FRAME, atol=0.002)
+    head = grid.path.read_bytes()
+    assert head.index(b"moov") < head.index(b"mdat")  # the index first: plays as it loads
 
 
 def test_the_grid_shows_everyone_present_in_their_place(room: Room, grid: Composite) -> None:
@@ -328,6 +331,29 @@ def test_cancelling_leaves_no_file(room: Room, tmp_path: Path) -> None:
         compose(
             room.folder, output, size=(320, 180), on_progress=lambda *_: cancel.set(), cancel=cancel
         )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_cancels_the_command_and_leaves_no_file(room: Room, tmp_path: Path) -> None:
+    output = tmp_path / "interrupted.mp4"
+    command = [sys.executable, "-m", "rtc_recorder", "compose", str(room.folder)]
+    process = subprocess.Popen(
+        [*command, "-o", str(output), "--progress", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())  # composing has begun
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert 0 < first["progress"] < 1
+    assert process.returncode == 130, errors
+    assert errors.strip() == "rtc-recorder compose: cancelled"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,6 +3,7 @@ never a crash), and its pure parts: the layouts, the speaker's hysteresis, the d
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from rtc_recorder.compose import (
     grid_cells,
     speaker_cells,
 )
+from rtc_recorder.compose.command import ProgressView
 from rtc_recorder.compose.drawing import text_mask, yuv
 
 from .media import ffmpeg_errors, probe
@@ -113,11 +115,12 @@ def test_bad_options_are_a_clear_error(
 
 def test_a_room_nobody_joined_is_an_empty_picture_of_its_duration(tmp_path: Path) -> None:
     folder = room_folder(tmp_path, manifest(participants=[], mix=None, duration=1.0))
-    path = compose(folder, size=(160, 90), fps=10)
+    path = compose(folder)
     assert path == folder / "composite-grid.mp4"
     assert not ffmpeg_errors(path)
     info = probe(path)
-    assert set(info) == {"video"} and abs(info["video"].end - 1.0) <= 0.1
+    assert set(info) == {"video"} and (info["video"].width, info["video"].height) == (1280, 720)
+    assert len(info["video"].frames) == 30 and abs(info["video"].end - 1.0) < 1e-3
 
 
 def test_a_participant_whose_video_stops_for_two_seconds_shows_their_name(
@@ -163,6 +166,18 @@ def test_the_command_reports_bad_input_in_one_line(
     with pytest.raises(SystemExit) as exit_:
         cli_main(["compose", str(folder), "--size", "big"])
     assert exit_.value.code == 2
+
+
+def test_the_bar_is_redrawn_in_place_at_most_ten_times_a_second() -> None:
+    screen = io.StringIO()
+    view = ProgressView("bar", screen)
+    for step in range(1, 21):  # 20 updates within 0.2 s
+        view.update(step / 10, 2.0, now=step / 100)
+    view.finish()
+    drawn = screen.getvalue().split("\r")[1:]
+    assert len(drawn) == 3, drawn  # at 0 s, 0.1 s, and the last
+    assert drawn[0].startswith("[" + "#" * 2 + "." * 28 + "]   5%  0.1 of 2.0 s")
+    assert drawn[-1] == "[" + "#" * 30 + "] 100%  2.0 of 2.0 s\n"
 
 
 # -- layouts ------------------------------------------------------------------------------

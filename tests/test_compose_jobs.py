@@ -150,9 +150,13 @@ async def test_stopping_the_server_stops_a_running_job_and_leaves_no_partial_fil
     async with served(tmp_path) as client:
         response = await client.post(f"/api/recordings/{ROOM}/compose", json={})
         job = client.app[jobs.JOBS].get((await response.json())["job"])
+        response = await client.post(f"/api/recordings/{ROOM}/compose", json={"format": "webm"})
+        waiting = client.app[jobs.JOBS].get((await response.json())["job"])
         await wait_for(lambda: job.progress > 0, 30, "the job to start composing")
         children = [child for child, _ in composing_children()]
+        assert waiting.state == "queued"
     assert job.state == "cancelled" and job.progress < 1
+    assert waiting.state == "cancelled"
     assert not any(child.is_running() and child.status() != "zombie" for child in children)
     assert sorted(p.name for p in (tmp_path / ROOM).iterdir()) == before
 
