@@ -249,8 +249,9 @@ def test_the_sound_is_the_mix(room: Room, grid: Composite) -> None:
     assert len(mix) >= 6 and len(heard) == len(mix), (heard, mix)
     assert np.allclose(heard, mix, atol=0.003), (heard, mix)
     # the participants' beeps are all in it (Cy's one too), where their files have them
+    # (as closely as the test's separate recorders place them: a few tens of ms)
     expected = sorted(room.beeps(ADA.session) + room.beeps(BOB.session) + room.beeps(CY.session))
-    assert np.allclose(mix, expected, atol=0.03), (mix, expected)
+    assert np.allclose(mix, expected, atol=0.06), (mix, expected)
 
 
 def test_progress_rises_to_the_whole_duration(room: Room, grid: Composite) -> None:
