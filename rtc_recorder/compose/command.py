@@ -96,6 +96,7 @@ class ProgressView:
         self.stream.flush()
 
     def finish(self) -> None:
+        """Done drawing (the bar's line ends)."""
         if self.style == "bar":
             self.stream.write("\n")
             self.stream.flush()
@@ -133,6 +134,7 @@ def main(argv: Sequence[str]) -> int:
     with _cancelled_by_sigterm(cancel):
         worker.start()
         _follow(worker, progress, view, cancel)
+    view.finish()
     result = outcome[0]
     if isinstance(result, CompositionCancelled):
         print("rtc-recorder compose: cancelled", file=sys.stderr)
@@ -142,7 +144,6 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_FAILED
     if isinstance(result, BaseException):
         raise result
-    view.finish()
     if style == "json":
         print(json.dumps({"progress": 1.0, "output": str(result)}), flush=True)
     else:

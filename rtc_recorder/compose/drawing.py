@@ -37,6 +37,7 @@ class Canvas:
         self.planes = _planes(self.data, width, height)
 
     def fill(self, cell: Rect, colour: tuple[int, int, int]) -> None:
+        """Paint ``cell`` one YUV colour."""
         for plane, value, (x, y, w, h) in zip(self.planes, colour, _plane_rects(cell), strict=True):
             plane[y : y + h, x : x + w] = value
 

@@ -158,21 +158,25 @@ class _Fields:
         return CompositionError(f"{self.where}: {key!r} must be {expected}")
 
     def text(self, key: str) -> str:
+        """A non-empty string."""
         value = self.data.get(key)
         if not isinstance(value, str) or not value:
             raise self._fail(key, "a non-empty string")
         return value
 
     def optional_text(self, key: str) -> str | None:
+        """A non-empty string, or None when absent or null."""
         return None if self.data.get(key) is None else self.text(key)
 
     def file_name(self, key: str) -> str:
+        """The plain name of a file in the folder (no path)."""
         value = self.text(key)
         if not _PLAIN_NAME.fullmatch(value) or value in (".", ".."):
             raise self._fail(key, "the name of a file in the recording's folder")
         return value
 
     def number(self, key: str, minimum: float = -math.inf) -> float:
+        """A finite number of at least ``minimum``."""
         value = self.data.get(key)
         if (
             isinstance(value, bool)
@@ -185,6 +189,7 @@ class _Fields:
         return float(value)
 
     def items(self, key: str, required: bool = True) -> list[object]:
+        """A list (empty when absent, unless ``required``)."""
         value = self.data.get(key)
         if value is None and not required:
             return []
@@ -193,6 +198,7 @@ class _Fields:
         return value
 
     def choices(self, key: str, allowed: Sequence[str]) -> list[str]:
+        """A list of strings among ``allowed``."""
         values = self.items(key)
         if not all(isinstance(value, str) and value in allowed for value in values):
             raise self._fail(key, f"a list of {', '.join(map(repr, allowed))}")

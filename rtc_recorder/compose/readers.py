@@ -74,6 +74,7 @@ class VideoReader:
         return self._current
 
     def close(self) -> None:
+        """Close the file."""
         self.container.close()
 
 
@@ -121,6 +122,7 @@ class LevelReader:
         self._decoded_until = start
 
     def close(self) -> None:
+        """Close the file."""
         self.container.close()
 
 
@@ -172,4 +174,5 @@ class MixReader:
         return True
 
     def close(self) -> None:
+        """Close the file."""
         self.container.close()

@@ -62,9 +62,11 @@ class Tile:
             self.levels = LevelReader(self._path)
 
     def present(self, t: float) -> bool:
+        """Whether the participant is in the room at ``t`` (recording time)."""
         return self.participant.start <= t < self.participant.end
 
     def level(self, t: float) -> float:
+        """The participant's sound level (dBFS) over the second before ``t``."""
         return -math.inf if self.levels is None else self.levels.level(t - self.participant.start)
 
     def picture(self, t: float) -> VideoFrame | None:
@@ -80,6 +82,8 @@ class Tile:
         return frame
 
     def draw(self, canvas: Canvas, cell: Rect, t: float) -> None:
+        """The participant at ``t``, in ``cell``: their picture fitted and named, or their
+        name tile."""
         frame = self.picture(t)
         name = self.participant.name
         if frame is None:
@@ -95,6 +99,7 @@ class Tile:
         draw_name_label(canvas, area, name)
 
     def close(self) -> None:
+        """Close the participant's file."""
         for reader in (self.video, self.levels):
             if reader is not None:
                 reader.close()
@@ -173,6 +178,7 @@ class Encoder:
         self.container.mux(self.video.encode(frame))
 
     def add_sound(self, samples: np.ndarray, first: int) -> None:
+        """48 kHz stereo samples (2 x n float32) from sample ``first`` on."""
         if self.audio is None or samples.shape[1] == 0:
             return
         frame = AudioFrame.from_ndarray(
@@ -184,12 +190,14 @@ class Encoder:
         self.container.mux(self.audio.encode(frame))
 
     def finish(self) -> None:
+        """Flush the encoders and close the file."""
         self.container.mux(self.video.encode(None))
         if self.audio is not None:
             self.container.mux(self.audio.encode(None))
         self.container.close()
 
     def abandon(self) -> None:
+        """Close the file after a failure (its removal is the caller's)."""
         with contextlib.suppress(av.FFmpegError, OSError):
             self.container.close()
 

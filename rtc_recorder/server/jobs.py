@@ -67,6 +67,7 @@ class ComposeJob:
 
     @property
     def finished(self) -> bool:
+        """Whether the job is over (done, failed or cancelled)."""
         return self.state in ("done", "failed", "cancelled")
 
     def to_json(self) -> dict[str, Any]:
@@ -167,7 +168,8 @@ class ComposeJobs:
         """Cancel the jobs waiting, stop the ones running (their partial files removed)."""
         self._closed = True
         while self._queue:
-            self._queue.popleft().state = "cancelled"
+            waiting = self._queue.popleft()
+            waiting.state, waiting.error = "cancelled", "the server stopped"
         for process in list(self._processes.values()):
             with contextlib.suppress(ProcessLookupError):
                 process.terminate()
