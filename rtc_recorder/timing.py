@@ -234,8 +234,9 @@ class StreamClock:
     def place_by_arrival(self) -> None:
         """Give up on the sender's clock for this stream (its reports never came, or never
         made sense): its frames are placed by their own timestamps and arrival from now."""
-        if self._sender is not None or self._private is None:
-            logger.warning("a stream's sender clock never settled: placing it by arrival")
+        if self._sender is None and self._private is not None and not self._own_time:
+            return  # already so
+        logger.warning("a stream's sender clock never settled: placing it by arrival")
         self._sender = None
         self._own_time = False
         self._private = SenderClock(0.0)
