@@ -230,7 +230,6 @@ def manifest_of(
             off, on = (room_time(t) for t in person.camera_off)
             events.append({"t": off, "type": "mute", "session": person.session, "kind": "video"})
             events.append({"t": on, "type": "unmute", "session": person.session, "kind": "video"})
-    events.append({"t": round(cut_at, 3), "type": "pause"})
     events.sort(key=lambda event: event["t"])
     when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     return {
