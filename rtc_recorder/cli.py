@@ -97,10 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rtc-recorder`` command."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="rtc-recorder", description=__doc__)
-    parser.add_argument("command", choices=["serve"], help="serve: run the recording server")
+    parser.add_argument(
+        "command",
+        choices=["serve", "compose"],
+        help="serve: run the recording server; compose: one video of a room recording",
+    )
     if not arguments or arguments[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if arguments else 2
+    if arguments[0] == "compose":
+        from .compose import command  # numpy and Pillow only for this command
+
+        return command.main(arguments[1:])
     if arguments[0] != "serve":
         parser.error(f"unknown command {arguments[0]!r}")
     return serve(arguments[1:])
