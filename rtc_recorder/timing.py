@@ -62,9 +62,16 @@ DEFAULT_FRAME_INTERVAL = 1 / 30
 # rate's intervals sits on its grid.
 GRID_RATES = (30, 25, 24, 20, 60, 50)
 GRID_TOLERANCE = 0.08
-# A sender report that moves a stream's time by more than this (seconds) is a new clock,
-# taken at once (less is a sender whose reports wander: aiortc stamps them when it sends).
+# A sender report that moves a stream's time by more than this (seconds) is a new clock
+# (less is a sender whose reports wander: aiortc stamps them when it sends), taken once
+# JUMP_REPORTS reports in a row agree on it: one report stamped late by a stalled sender
+# is not a new clock.
 REPORT_JUMP = 1.0
+JUMP_REPORTS = 3
+# A report is stamped when the sender sends it, never before the media it describes was
+# live, so of the latest REPORT_WINDOW reports the one that puts the stream earliest is
+# the best told (the others were stamped by a sender running late), and is followed.
+REPORT_WINDOW = 4
 # The keyframe that answers a (re)start's request may show a picture taken up to this long
 # before the (re)start (seconds): a sender working through a queue of captured pictures.
 EARLY_KEYFRAME = 2.0
@@ -167,11 +174,12 @@ class StreamClock:
 
     A *leading* stream (a sender's video) keeps the mapping of the first report it was
     placed by: its frames keep the exact cadence of their timestamps, which is what keeps
-    video on its frame grid. The other streams (audio) follow each new report, moving
-    towards it by at most :data:`SLEW` of the media time elapsed, so a sender whose audio
-    clock drifts from its wall clock stays in sync without a click or an overlap. A
-    change beyond :data:`REPORT_JUMP` (a sender that restarted its clock) is taken at once
-    by either.
+    video on its frame grid. The other streams (audio) follow the best told of the latest
+    reports (:data:`REPORT_WINDOW`), moving towards it by at most :data:`SLEW` of the
+    media time elapsed, so a sender whose audio clock drifts from its wall clock stays in
+    sync without a click or an overlap. A change beyond :data:`REPORT_JUMP` (a sender
+    that restarted its clock) is taken by either once :data:`JUMP_REPORTS` reports in a
+    row agree on it.
     """
 
     def __init__(
@@ -190,7 +198,9 @@ class StreamClock:
         self._own_time = own_time
         self._deadline = deadline
         self._anchor: SenderReport | None = None  # the mapping applied
-        self._target: SenderReport | None = None  # the latest report
+        self._target: SenderReport | None = None  # the report followed
+        self._reports: deque[SenderReport] = deque(maxlen=REPORT_WINDOW)
+        self._jumps: list[SenderReport] = []  # reports in a row that say a new clock
         self._moved_at: int | None = None  # the timestamp the mapping last moved at
         self._first_arrival: float | None = None
         self._private: SenderClock | None = None if sender is not None else SenderClock(0.0)
@@ -203,26 +213,46 @@ class StreamClock:
 
     def sender_report(self, report: SenderReport) -> None:
         """The sender's latest report for this stream."""
-        self._target = report
         if self._anchor is None:
-            self._anchor = report
+            self._anchor = self._target = report
+            self._reports.append(report)
+            return
+        if abs(self._offset_of(report) - self._offset_of(self._target)) > REPORT_JUMP:
+            # A new clock, or one report stamped by a sender far behind: taken once
+            # JUMP_REPORTS in a row agree with each other.
+            jumps = self._jumps
+            if jumps and abs(self._offset_of(report) - self._offset_of(jumps[-1])) > REPORT_JUMP:
+                jumps.clear()
+            jumps.append(report)
+            if len(jumps) < JUMP_REPORTS:
+                return
+            logger.info("a sender's reports moved a stream by a new clock: following it")
+            self._reports.clear()
+            self._reports.extend(jumps)
+            jumps.clear()
+            self._target = min(self._reports, key=self._offset_of)
+            self._anchor = self._target
+            self._moved_at = None
+            return
+        self._jumps.clear()
+        self._reports.append(report)
+        self._target = min(self._reports, key=self._offset_of)
+
+    def _offset_of(self, report: SenderReport) -> float:
+        """Sender time minus media time, as ``report`` tells it."""
+        return report.ntp_seconds - report.timestamp / self.rate
 
     def sender_time(self, timestamp: int) -> float | None:
         """The sender's time of an (extended) RTP timestamp, if the sender has said; moves
-        the applied mapping towards the latest report."""
+        the applied mapping towards the best told of the latest reports."""
         anchor, target = self._anchor, self._target
         if anchor is None or target is None:
             return None
         current = anchor.ntp_seconds + (timestamp - anchor.timestamp) / self.rate
-        if target is anchor:
+        if target is anchor or self._leading:
             return current
         wanted = target.ntp_seconds + (timestamp - target.timestamp) / self.rate
         error = wanted - current
-        if abs(error) > REPORT_JUMP:
-            self._anchor = target
-            return wanted
-        if self._leading:
-            return current
         elapsed = (timestamp - self._moved_at) / self.rate if self._moved_at is not None else 0
         if self._moved_at is not None and elapsed <= 0:
             return current

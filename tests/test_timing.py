@@ -10,7 +10,9 @@ import pytest
 from rtc_recorder.timing import (
     DEFAULT_FRAME_INTERVAL,
     EARLY_KEYFRAME,
+    JUMP_REPORTS,
     MAX_SKEW,
+    REPORT_WINDOW,
     SETTLING,
     SLEW,
     FrameInterval,
@@ -112,19 +114,55 @@ def test_a_following_stream_moves_towards_a_new_report_slowly() -> None:
     clock = StreamClock(48000, settled_sender())
     clock.sender_report(SenderReport(1000.0, 0))
     assert clock.sender_time(48000) == pytest.approx(1001.0)
-    clock.sender_report(SenderReport(1001.010, 48000))  # 10 ms later than the first said
+    # 10 ms later than the first said, and said again until the first leaves the window
+    for k in range(REPORT_WINDOW):
+        clock.sender_report(SenderReport(1001.010 + k, 48000 * (k + 1)))
     times = [clock.sender_time(48000 + 960 * k) for k in range(1, 200)]
     steps = [b - a for a, b in itertools.pairwise(times)]
     assert all(0.020 - 1e-7 <= step <= 0.020 * (1 + SLEW) + 1e-7 for step in steps)
     assert times[-1] == pytest.approx(1001.010 + 199 * 0.020, abs=1e-6)  # caught up
 
 
-def test_a_report_far_from_the_mapping_is_a_new_clock_taken_at_once() -> None:
-    clock = StreamClock(48000, settled_sender())
+@pytest.mark.parametrize("leading", [True, False])
+def test_a_report_far_from_the_mapping_is_a_new_clock_once_reports_agree(leading: bool) -> None:
+    clock = StreamClock(48000, settled_sender(), leading=leading)
     clock.sender_report(SenderReport(1000.0, 0))
     clock.sender_time(48000)
-    clock.sender_report(SenderReport(2000.0, 96000))
-    assert clock.sender_time(96000) == pytest.approx(2000.0)
+    for k in range(JUMP_REPORTS):
+        assert clock.sender_time(96000 + 48000 * k) == pytest.approx(1002.0 + k)
+        clock.sender_report(SenderReport(2000.0 + k, 96000 + 48000 * k))
+    assert clock.sender_time(96000 + 48000 * JUMP_REPORTS) == pytest.approx(2000.0 + JUMP_REPORTS)
+
+
+@pytest.mark.parametrize("leading", [True, False])
+def test_a_report_stamped_by_a_stalled_sender_moves_nothing(leading: bool) -> None:
+    # aiortc stamps a report when it sends it, with the timestamp of the latest frame it
+    # sent: a sender whose loop stalled 1.2 s tells of a frame 1.2 s late, once.
+    clock = StreamClock(48000, settled_sender(), leading=leading)
+    clock.sender_report(SenderReport(1000.0, 0))
+    clock.sender_report(SenderReport(1002.2, 48000))
+    clock.sender_report(SenderReport(1002.005, 96000))
+    clock.sender_report(SenderReport(1003.03, 144000))  # 30 ms late: not followed either
+    times = [clock.sender_time(96000 + 960 * k) for k in range(200)]
+    assert times[0] == pytest.approx(1002.0)
+    assert times[-1] == pytest.approx(1002.0 + 199 * 0.020)
+
+
+def test_a_stalled_sender_keeps_its_video_on_the_grid() -> None:
+    # Frames and reports of a sender through its clocks, as the receive path feeds them:
+    # the one late report leaves every frame exactly one interval after the one before.
+    sender = SenderClock()
+    video = StreamClock(90000, sender, leading=True)
+    placed = []
+    for index in range(30 * 12):
+        if index % 30 == 0:
+            late = 1.2 if index == 90 else 0.005
+            video.sender_report(SenderReport(1000 + index / 30 + late, index * 3000))
+        reference = video.reference(index * 3000, 50 + index / 30 + 0.01)
+        if reference is not None:
+            placed.append(reference)
+    steps = [b - a for a, b in itertools.pairwise(placed)]
+    assert len(placed) > 300 and all(step == pytest.approx(1 / 30) for step in steps)
 
 
 def test_sender_reports_put_two_streams_of_one_sender_in_sync() -> None:
