@@ -31,6 +31,7 @@ from ..mediastream import MediaStream
 from ..mimetype import parse_type
 from ..receive.negotiation import prefer_codec
 from ..receive.transport import PortsExhausted, apply_ice_policy
+from .memory import give_back_freed_memory
 from .notices import Notices
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
@@ -361,6 +362,7 @@ class SessionManager:
 
     def _closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        give_back_freed_memory()
 
     def _recording_started(self, recorder: MediaRecorder) -> None:
         for callback in self.on_recording:
