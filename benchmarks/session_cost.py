@@ -505,7 +505,18 @@ def ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> dict[str, A
         "value": numerator["cpuPerSession"] / below,
         "lowerBound": lower_bound(numerator) and not lower_bound(denominator),
         "unreliable": lower_bound(denominator),
+        "perFrameRecorded": _per_frame(numerator) / _per_frame(denominator)
+        if _per_frame(numerator) and _per_frame(denominator)
+        else None,
     }
+
+
+def _per_frame(figures: dict[str, Any]) -> float | None:
+    """CPU per session for each share of the video frames sent that was recorded: what a
+    recorder pays per frame it delivers, which a recorder held back by a saturated machine
+    (its CPU capped, most frames lost) cannot hide."""
+    share = figures["videoRecordedPct"] / 100
+    return figures["cpuPerSession"] / share if share else None
 
 
 def _ratio_text(value: dict[str, Any] | None) -> str:
@@ -534,7 +545,9 @@ def targets(compare: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any
             "target": f"through the server, aiortc's recorder uses ≥ {TARGET_RATIO:g}× the CPU "
             f"of ours, at {TARGET_RATIO_SESSIONS} sessions",
             "measured": measured,
-            "text": _ratio_text(measured) if measured else "not measured",
+            "text": _ratio_text(measured) + _per_frame_text(measured)
+            if measured
+            else "not measured",
             "result": _ratio_result(measured),
         }
     )
@@ -560,6 +573,11 @@ def targets(compare: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any
         }
     )
     return result
+
+
+def _per_frame_text(measured: dict[str, Any]) -> str:
+    value = measured["perFrameRecorded"]
+    return "" if value is None else f" (per video frame recorded: {value:,.1f}×)"
 
 
 def _met(ok: bool) -> str:
@@ -606,6 +624,7 @@ COMPARE_COLUMNS = (
     "Recorder",
     "CPU per session",
     "÷ rtc-recorder serve",
+    "÷ serve, per video frame recorded",
     "Lag p50 / p99 / max (ms)",
     "Video / audio recorded (%)",
     "RTP lost before read (%)",
@@ -635,14 +654,18 @@ def _state_row(state: str, states: dict[str, Any]) -> tuple[str, ...]:
 def _compare_row(count: int, mode: str, modes: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     f = modes[mode]["figures"]
     server = modes.get("server")
-    versus = ""
+    versus = per_frame = ""
     if server is not None and mode != "server":
-        versus = _ratio_text(ratio(f, server["figures"]))
+        measured = ratio(f, server["figures"])
+        versus = _ratio_text(measured)
+        if measured is not None and measured["perFrameRecorded"] is not None:
+            per_frame = f"{measured['perFrameRecorded']:,.1f}×"
     return (
         str(count),
         LABELS[mode],
         _cpu(f),
         versus,
+        per_frame,
         _lag(f),
         f"{fmt(f['videoRecordedPct'], 2)} / {fmt(f['audioRecordedPct'], 2)}",
         fmt(f["rtpLostPct"], 2),
@@ -694,7 +717,7 @@ def markdown(
             "",
             "**The server, the bare recorder and aiortc's recorder**",
             "",
-            *table(COMPARE_COLUMNS, rows, "rlrrrrrrrrr"),
+            *table(COMPARE_COLUMNS, rows, "rlrrrrrrrrrr"),
         ]
         if any("†" in row[3] for row in rows):
             lines += ["", "† rtc-recorder serve's own figure is a lower bound: unreliable ratio."]

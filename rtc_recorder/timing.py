@@ -63,9 +63,10 @@ DEFAULT_FRAME_INTERVAL = 1 / 30
 GRID_RATES = (30, 25, 24, 20, 60, 50)
 GRID_TOLERANCE = 0.08
 # A sender report that moves a stream's time by more than this (seconds) is a new clock
-# (less is a sender whose reports wander: aiortc stamps them when it sends), taken once
-# JUMP_REPORTS reports in a row agree on it: one report stamped late by a stalled sender
-# is not a new clock.
+# (less is a sender whose reports wander: aiortc stamps them when it sends). Earlier, it
+# is taken at once (the mapping followed was stamped late, or the clock is new); later,
+# once JUMP_REPORTS reports in a row agree on it: one report stamped late by a stalled
+# sender is not a new clock.
 REPORT_JUMP = 1.0
 JUMP_REPORTS = 3
 # A report is stamped when the sender sends it, never before the media it describes was
@@ -178,8 +179,8 @@ class StreamClock:
     reports (:data:`REPORT_WINDOW`), moving towards it by at most :data:`SLEW` of the
     media time elapsed, so a sender whose audio clock drifts from its wall clock stays in
     sync without a click or an overlap. A change beyond :data:`REPORT_JUMP` (a sender
-    that restarted its clock) is taken by either once :data:`JUMP_REPORTS` reports in a
-    row agree on it.
+    that restarted its clock) is taken by either: at once if it puts the stream earlier,
+    once :data:`JUMP_REPORTS` reports in a row agree on it if later.
     """
 
     def __init__(
@@ -205,6 +206,7 @@ class StreamClock:
         self._first_arrival: float | None = None
         self._private: SenderClock | None = None if sender is not None else SenderClock(0.0)
         self.frames = FrameInterval()
+        self._placed_offset: float | None = None  # a leading stream's reference - media time
 
     @property
     def synchronised(self) -> bool:
@@ -218,7 +220,14 @@ class StreamClock:
             self._anchor = self._target = report
             self._reports.append(report)
             return
-        if abs(self._offset_of(report) - self._offset_of(target)) > REPORT_JUMP:
+        moved = self._offset_of(report) - self._offset_of(target)
+        if moved < -REPORT_JUMP:
+            # Far earlier: the report followed was stamped late (a sender far behind when
+            # it sent it, its first report say), or the clock is new; either way this one
+            # is better told.
+            self._take_clock([report])
+            return
+        if moved > REPORT_JUMP:
             # A new clock, or one report stamped by a sender far behind: taken once
             # JUMP_REPORTS in a row agree with each other.
             jumps = self._jumps
@@ -227,17 +236,20 @@ class StreamClock:
             jumps.append(report)
             if len(jumps) < JUMP_REPORTS:
                 return
-            logger.info("a sender's reports moved a stream by a new clock: following it")
-            self._reports.clear()
-            self._reports.extend(jumps)
-            jumps.clear()
-            self._target = min(self._reports, key=self._offset_of)
-            self._anchor = self._target
-            self._moved_at = None
+            self._take_clock(jumps)
             return
         self._jumps.clear()
         self._reports.append(report)
         self._target = min(self._reports, key=self._offset_of)
+
+    def _take_clock(self, reports: list[SenderReport]) -> None:
+        """Follow ``reports`` from now, at once (they tell a clock the earlier ones did not)."""
+        logger.info("a sender's reports moved a stream by over %.1f s: following them", REPORT_JUMP)
+        self._reports.clear()
+        self._reports.extend(reports)
+        self._jumps = []
+        self._target = self._anchor = min(self._reports, key=self._offset_of)
+        self._moved_at = None
 
     def _offset_of(self, report: SenderReport) -> float:
         """Sender time minus media time, as ``report`` tells it."""
@@ -283,7 +295,24 @@ class StreamClock:
     def reference(self, timestamp: int, arrival: float) -> float | None:
         """The reference instant of a frame with ``timestamp`` that arrived at ``arrival``
         (which also teaches the sender's clock its transit delay); None while the stream
-        waits for its sender's first report."""
+        waits for its sender's first report.
+
+        A leading stream's placement only ever moves by whole intervals of its frame grid
+        (the nearest to what its clocks say: a sender clock learned afresh after a stall,
+        a new clock, placing by arrival from now on), so its frames stay on one grid, never
+        closer than a frame interval, which is what FFmpeg's frame-rate guess needs."""
+        reference = self._unkept_reference(timestamp, arrival)
+        if reference is None or not self._leading:
+            return reference
+        media = timestamp / self.rate
+        offset = reference - media
+        if self._placed_offset is not None and offset != self._placed_offset:
+            grid = self.frames.grid
+            offset = self._placed_offset + round((offset - self._placed_offset) / grid) * grid
+        self._placed_offset = offset
+        return media + offset
+
+    def _unkept_reference(self, timestamp: int, arrival: float) -> float | None:
         if self._first_arrival is None:
             self._first_arrival = arrival
         self.frames.add(timestamp / self.rate)

@@ -193,7 +193,7 @@ async def test_a_room_joined_watched_and_recorded_through_the_server(tmp_path: P
         await wait_for(lambda: len(events.of("dataavailable")) >= 12, 15, "more chunks")
         # Ada leaves early (hang-up): her file is finalized, the room goes on.
         assert (await client.delete(f"/api/sessions/{ada.session}")).status == 200
-        await events.wait("leave", session=ada.session)
+        assert (await events.wait("leave", session=ada.session))["reason"] == "hang-up"
         ada_location = late[0][1]
         await wait_for(lambda: late[0][0].pc.connectionState == "closed", 10, "ada's viewer")
         assert await error_of(await client.delete(ada_location)) == (404, "NotFoundError")
@@ -383,7 +383,8 @@ async def test_mute_unmute_and_a_vanished_participant_finalized(tmp_path: Path) 
         # It stops sending anything, without hanging up: the idle timeout takes it out,
         # and its file is finalized while the room goes on.
         video.open = audio.open = False
-        await events.wait("leave", session=quiet.session, timeout=20)
+        left = await events.wait("leave", session=quiet.session, timeout=20)
+        assert left["reason"] == "idle: no media", left
         assert (await client.get(f"/api/rooms/{ROOM}")).status == 200
         folder = tmp_path / name
         await wait_for(

@@ -124,7 +124,19 @@ def test_a_following_stream_moves_towards_a_new_report_slowly() -> None:
 
 
 @pytest.mark.parametrize("leading", [True, False])
-def test_a_report_far_from_the_mapping_is_a_new_clock_once_reports_agree(leading: bool) -> None:
+def test_a_report_far_earlier_than_the_mapping_is_taken_at_once(leading: bool) -> None:
+    # The first report came from a sender 1.7 s behind (stamped late): the next is right.
+    clock = StreamClock(48000, settled_sender(), leading=leading)
+    clock.sender_report(SenderReport(1001.7, 0))
+    assert clock.sender_time(48000) == pytest.approx(1002.7)
+    clock.sender_report(SenderReport(1001.0, 48000))
+    assert clock.sender_time(96000) == pytest.approx(1002.0)
+
+
+@pytest.mark.parametrize("leading", [True, False])
+def test_a_report_far_later_than_the_mapping_is_a_new_clock_once_reports_agree(
+    leading: bool,
+) -> None:
     clock = StreamClock(48000, settled_sender(), leading=leading)
     clock.sender_report(SenderReport(1000.0, 0))
     clock.sender_time(48000)
@@ -368,3 +380,30 @@ def test_the_grid_of_30_15_and_10_fps_is_30_fps_and_of_25_and_60_their_own() -> 
         for k in range(20):
             frames.add(k / fps)
         assert frames.grid == pytest.approx(1 / grid_rate), fps
+
+
+def test_a_leading_stream_moves_only_by_whole_frames_when_its_sender_clock_is_relearned() -> None:
+    # A sender stalled 2.5 s and then sent every frame late for 2.7 s: its clock is
+    # learned afresh (an offset 2.5123 s larger), then steps back down by whole frames
+    # (frames placed before the latest recorded are not recorded).
+    # The video moves by whole frame intervals only (the nearest): never two frames
+    # closer than an interval, the grid's phase kept.
+    sender = SenderClock()
+    video = StreamClock(90000, sender, leading=True)
+    video.sender_report(SenderReport(1000.0, 0))
+    placed = []
+    for index in range(30 * 10):
+        late = 2.5123 if 120 <= index < 200 else 0.0
+        reference = video.reference(index * 3000, 50 + index / 30 + 0.01 + late)
+        if reference is not None:
+            placed.append(reference)
+    phases = {round((b - a) * 30, 6) % 1 for a, b in itertools.pairwise(placed)}
+    assert phases <= {0.0, 1.0}
+    # What a recording keeps (frames after the latest it wrote) is a frame interval apart.
+    kept = [placed[0]]
+    for reference in placed[1:]:
+        if reference > kept[-1]:
+            kept.append(reference)
+    steps = [b - a for a, b in itertools.pairwise(kept)]
+    assert min(steps) >= FRAME - 1e-9
+    assert max(steps) > 2.0  # the relearned offset was followed (whole frames of it)

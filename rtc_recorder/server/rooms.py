@@ -372,7 +372,7 @@ class RoomRegistry:
     def _session_closed(self, session: Session) -> None:
         room = self._of_session.pop(session.id, None)
         if room is not None:
-            room.leave(session.id, "closed")
+            room.leave(session.id, session.close_reason or "closed")
 
     def _over(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:

@@ -32,6 +32,7 @@ from ..mimetype import parse_type
 from ..receive.negotiation import prefer_codec
 from ..receive.transport import PortsExhausted, apply_ice_policy
 from .channel import EventChannel, Message
+from .memory import give_back_freed_memory
 from .notices import Notices
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
@@ -80,6 +81,7 @@ class Session:
         self.mime_type = mime_type
         self.timeslice = timeslice
         self.closed = False
+        self.close_reason: str | None = None  # why it closed (hang-up, idle, ...)
         self._settings = settings
         self._store = store
         self._on_closed = on_closed
@@ -262,6 +264,7 @@ class Session:
 
     async def _close(self, reason: str) -> None:
         self.closed = True
+        self.close_reason = reason
         log("closing", session=self.id, reason=reason)
         if self.recorder is not None:
             with contextlib.suppress(Exception):
@@ -345,6 +348,7 @@ class SessionManager:
         self.sessions.pop(session.id, None)
         for callback in self.on_closed:
             callback(session)
+        give_back_freed_memory()
 
     def _recording_started(self, recorder: MediaRecorder) -> None:
         for callback in self.on_recording:
