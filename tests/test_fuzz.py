@@ -108,14 +108,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, loopback_only: None) -> Ite
     live.close()
 
 
-def request(
-    server: LiveServer,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, bytes]:
-    status, _, answer = exchange(server, method, path, body, headers)
+def request(server: LiveServer, *args: Any) -> tuple[int, bytes]:
+    """The answer's status and body (``args`` as :func:`exchange`'s)."""
+    status, _, answer = exchange(server, *args)
     return status, answer
 
 

@@ -396,8 +396,11 @@ async def test_mute_unmute_and_a_vanished_participant_finalized(tmp_path: Path) 
             "the vanished participant's end",
         )
         assert not ffmpeg_errors(folder / f"{quiet.session}.webm")
-        assert await post_state(client, "stop") == "inactive"
+        # The last one out stops the recording, and the room ends.
+        assert (await client.delete(f"/api/sessions/{other.session}")).status == 200
         await events.wait("stop")
+        await asyncio.wait_for(events.closed.wait(), 10)
+        assert (await client.get(f"/api/rooms/{ROOM}")).status == 404
         manifest = valid_manifest(json.loads((folder / "manifest.json").read_text()))
         kinds = [(e["type"], e.get("kind")) for e in manifest["events"]]
         assert ("mute", "video") in kinds and ("unmute", "video") in kinds
