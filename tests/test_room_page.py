@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import av
+import pytest
 from playwright.async_api import Browser, Page, expect
 
 from rtc_recorder.compose.layout import grid_cells
@@ -21,6 +22,9 @@ from .page_support import ARTIFACTS, PageErrors, Server, browser, new_page, serv
 from .room_support import valid_manifest
 
 __all__ = ["browser", "serve"]  # fixtures the tests take
+
+# Three browsers joining, a recording, and a composite, on two cores shared with others.
+pytestmark = pytest.mark.timeout(300)
 
 ROOM = "standup"
 NAMES = ("Ada", "Bob", "Cy")
