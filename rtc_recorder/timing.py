@@ -213,11 +213,12 @@ class StreamClock:
 
     def sender_report(self, report: SenderReport) -> None:
         """The sender's latest report for this stream."""
-        if self._anchor is None:
+        target = self._target
+        if self._anchor is None or target is None:
             self._anchor = self._target = report
             self._reports.append(report)
             return
-        if abs(self._offset_of(report) - self._offset_of(self._target)) > REPORT_JUMP:
+        if abs(self._offset_of(report) - self._offset_of(target)) > REPORT_JUMP:
             # A new clock, or one report stamped by a sender far behind: taken once
             # JUMP_REPORTS in a row agree with each other.
             jumps = self._jumps
