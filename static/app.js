@@ -25,6 +25,7 @@
     ApiError,
     describe,
     api,
+    postOffer,
     iceGathered,
     getCameraAndMicrophone,
     createMeter,
@@ -471,7 +472,13 @@
       const body = { sdp: pc.localDescription.sdp, type: "offer" };
       if (ui.mimeType.value) body.mimeType = ui.mimeType.value;
       if (Number(ui.timeslice.value) > 0) body.timeslice = Number(ui.timeslice.value);
-      const answer = await api("/offer", { method: "POST", body });
+      const answer = await postOffer(
+        body,
+        () => generation === app.generation,
+        (seconds) => {
+          ui.linkText.textContent = `The server is busy: connecting in ${seconds} s…`;
+        },
+      );
       if (generation !== app.generation) {
         hangUpQuietly(answer.session);
         return;

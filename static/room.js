@@ -20,6 +20,7 @@
     ApiError,
     describe,
     api,
+    postOffer,
     iceGathered,
     getCameraAndMicrophone,
     createMeter,
@@ -345,6 +346,12 @@
   // -- the room's events ----------------------------------------------------------------
 
   function onEvent(message) {
+    if (message.type === "room") {
+      // The room as it is when the socket opens: events numbered after it follow.
+      applyRoom(message);
+      if (typeof message.seq === "number") app.seq = Math.max(app.seq, message.seq);
+      return;
+    }
     if (typeof message.seq === "number") {
       if (message.seq <= app.seq) return;
       app.seq = message.seq;
@@ -386,12 +393,15 @@
   }
 
   // What the room is now: its participants and its recording (events after this merge in).
-  async function loadRoom() {
-    const info = await api(roomPath());
+  function applyRoom(info) {
     for (const person of info.participants || []) {
       if (!app.left.has(person.session)) addPerson(person);
     }
     applyRecording(info);
+  }
+
+  async function loadRoom() {
+    applyRoom(await api(roomPath()));
   }
 
   // -- joining and leaving --------------------------------------------------------------
@@ -433,7 +443,13 @@
       if (generation !== app.generation) return;
       const body = { sdp: pc.localDescription.sdp, type: "offer", room: app.room };
       if (name) body.name = name;
-      const answer = await api("/offer", { method: "POST", body });
+      const answer = await postOffer(
+        body,
+        () => generation === app.generation,
+        (seconds) => {
+          ui.linkText.textContent = `The server is busy: joining in ${seconds} s…`;
+        },
+      );
       if (generation !== app.generation) return hangUpQuietly(answer.session);
       app.session = answer.session;
       ui.tiles.querySelector("#self-tile").dataset.session = answer.session;

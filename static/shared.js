@@ -6,6 +6,7 @@
 window.rtcShared = (() => {
   const TOKEN_KEY = "rtc-recorder.token";
   const ICE_GATHERING_TIMEOUT_MS = 5000;
+  const OFFER_PATIENCE_MS = 30000;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -162,10 +163,12 @@ window.rtcShared = (() => {
   }
 
   class ApiError extends Error {
-    constructor(status, name, message) {
+    // `retryAfter`: the seconds the server asked to wait before trying again, if it did.
+    constructor(status, name, message, retryAfter = null) {
       super(message);
       this.status = status;
       this.name = name;
+      this.retryAfter = retryAfter;
     }
   }
 
@@ -234,9 +237,33 @@ window.rtcShared = (() => {
     if (!response.ok) {
       const message =
         (data && data.message) || `the server answered ${response.status} ${response.statusText}`;
-      throw new ApiError(response.status, (data && data.error) || "UnknownError", message);
+      const retryAfter = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+      throw new ApiError(
+        response.status,
+        (data && data.error) || "UnknownError",
+        message,
+        Number.isFinite(retryAfter) ? retryAfter : null,
+      );
     }
     return data;
+  }
+
+  // `POST /offer`. A server that is busy taking the last sessions asks a new one to wait
+  // (503 with Retry-After): the offer is sent again when it says, for OFFER_PATIENCE_MS at
+  // most, while `current()` holds; `onWait(seconds)` tells the person.
+  async function postOffer(body, current, onWait) {
+    const deadline = performance.now() + OFFER_PATIENCE_MS;
+    for (;;) {
+      try {
+        return await api("/offer", { method: "POST", body });
+      } catch (error) {
+        const wait = error instanceof ApiError && error.status === 503 ? error.retryAfter : null;
+        if (wait === null || !current() || performance.now() + wait * 1000 > deadline) throw error;
+        onWait(wait);
+        await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+        if (!current()) throw error;
+      }
+    }
   }
 
   // -- access token ---------------------------------------------------------------------
@@ -447,6 +474,7 @@ window.rtcShared = (() => {
     ApiError,
     describe,
     api,
+    postOffer,
     iceGathered,
     getCameraAndMicrophone,
     createMeter,
