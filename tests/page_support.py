@@ -17,6 +17,7 @@ from rtc_recorder.server.app import create_app
 from rtc_recorder.server.settings import Settings
 
 from .chromium import TIMEOUT_MS, launched_chromium
+from .server_support import NO_LOAD_LIMITS
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -50,12 +51,16 @@ class Server:
 
 @pytest.fixture
 async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    """Starts servers on free ports (recordings in ``tmp_path``); all stopped at the end."""
+    """Starts servers on free ports (recordings in ``tmp_path``), admission by load off as
+    in every server the tests start (``server_support.NO_LOAD_LIMITS``); all stopped at
+    the end."""
     servers: list[Server] = []
 
     async def start(**settings: Any) -> Server:
         folder = tmp_path / f"recordings-{len(servers)}"
-        runner = web.AppRunner(create_app(Settings(recordings=folder, **settings)))
+        runner = web.AppRunner(
+            create_app(Settings(recordings=folder, **{**NO_LOAD_LIMITS, **settings}))
+        )
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]

@@ -65,13 +65,19 @@ REMOTE_VIDEO_PLAYS = """
   return now;
 }
 """
-SOUND_HEARD = """
-(threshold) => [...document.querySelectorAll('[data-testid="participant-tile"] canvas')]
-  .every((meter) => Number(meter.dataset.level) >= threshold)
-"""
-SOUND_FADES = """
-(threshold) => [...document.querySelectorAll('[data-testid="participant-tile"] canvas')]
-  .some((meter) => Number(meter.dataset.level) < threshold)
+# Each other participant's sound is heard: their tile's level meter (WebAudio on the
+# received stream) goes above `loud` and takes several values (it follows the beeps).
+SOUND_MOVES = """
+(loud) => {
+  const seen = (window.levelsSeen = window.levelsSeen || {});
+  const meters = [...document.querySelectorAll('[data-testid="participant-tile"]')];
+  return meters.length > 0 && meters.every((tile) => {
+    const level = Number(tile.querySelector("canvas").dataset.level);
+    const levels = (seen[tile.dataset.session] = seen[tile.dataset.session] || new Set());
+    levels.add(level);
+    return Math.max(...levels) >= loud && levels.size >= 4;
+  });
+}
 """
 # Every value the composite's progress bar takes, kept from before the button is pressed.
 WATCH_PROGRESS = """
@@ -105,9 +111,7 @@ async def sees_and_hears_the_others(page: Page) -> None:
     the level meters of their tiles."""
     first = await page.wait_for_function(REMOTE_VIDEO_PLAYS, arg=[2, {}])
     await page.wait_for_function(REMOTE_VIDEO_PLAYS, arg=[2, await first.json_value()])
-    await page.wait_for_function(SOUND_HEARD, arg=0.3, polling=50)
-    await page.wait_for_function(SOUND_FADES, arg=0.2, polling=50)
-    await page.wait_for_function(SOUND_HEARD, arg=0.3, polling=50)
+    await page.wait_for_function(SOUND_MOVES, arg=0.3, polling=100)
 
 
 async def on_all(pages: list[Page], step: Callable[[Page], Awaitable[None]]) -> None:
@@ -206,8 +210,14 @@ async def test_three_pages_call_record_and_compose_a_room(
         manifest["cuts"],
         resumed - paused,
     )
-    for file in [p["file"] for p in manifest["participants"]] + [manifest["mix"]]:
-        assert not await asyncio.to_thread(ffmpeg_errors, folder / file), file
+    # Chromium's fake camera stamps its frames as a busy machine lets it (jitter over half
+    # a frame), and the files keep those stamps: FFmpeg's constant-rate null output may then
+    # put two frames on one tick, so each is decoded with variable-rate output (README,
+    # Timing). The mix is the server's own and decodes cleanly as it is.
+    for entry in manifest["participants"]:
+        path = folder / entry["file"]
+        assert not await asyncio.to_thread(ffmpeg_errors, path, "-vsync", "vfr"), entry
+    assert not await asyncio.to_thread(ffmpeg_errors, folder / manifest["mix"])
 
     # The composite, from the page's button: its progress shows, then its link.
     await ada.evaluate(WATCH_PROGRESS, name)
@@ -222,13 +232,19 @@ async def test_three_pages_call_record_and_compose_a_room(
     assert not await asyncio.to_thread(ffmpeg_errors, composite)
     length = duration(await asyncio.to_thread(probe, composite))
     assert abs(length - manifest["duration"]) < 0.15, (length, manifest["duration"])
-    # Everyone was there throughout: each of the three cells shows a moving camera picture
-    # (not one flat colour, not black), before and after the pause's cut.
-    for at in (1.0, manifest["duration"] - 1.0):
+    # While everyone's file has pictures (each begins on its first keyframe), each of the
+    # three cells shows a camera picture (not one flat colour, not black), before and after
+    # the pause's cut.
+    first = max(entry["start"] for entry in manifest["participants"]) + 0.5
+    last = min(entry["end"] for entry in manifest["participants"]) - 0.5
+    assert first < manifest["cuts"][0]["at"] < last, manifest
+    for at in (first, last):
         spreads = await asyncio.to_thread(cell_spreads, composite, at, 3)
         assert all(mean > 20 and spread > 10 for mean, spread in spreads), (at, spreads)
 
     for page in pages:
+        still = await (await page.wait_for_function(JOINED_OR_FAILED)).json_value()
+        assert still == "joined", still
         await page.get_by_role("button", name="Leave", exact=True).click()
         await expect(page.locator("#link")).to_have_attribute("data-state", "idle")
         await expect(page.locator('[data-testid="participant-tile"]')).to_have_count(0)
