@@ -228,6 +228,20 @@ async def test_three_pages_call_record_and_compose_a_room(
     assert shown[-1] == 1 and any(0 < value < 1 for value in shown), shown
     output = await box.locator("a.compose-output").get_attribute("href")
     assert output == f"/recordings/{name}/composite-grid.mp4", output
+
+    # Everyone is still in the call, and leaves it.
+    for page in pages:
+        still = await (await page.wait_for_function(JOINED_OR_FAILED)).json_value()
+        assert still == "joined", still
+        await page.get_by_role("button", name="Leave", exact=True).click()
+        await expect(page.locator("#link")).to_have_attribute("data-state", "idle")
+        await expect(page.locator('[data-testid="participant-tile"]')).to_have_count(0)
+    assert await server.api("GET", "/api/sessions") == []
+    for page in pages:
+        await page.context.close()
+    assert not errors, f"JavaScript errors on the pages: {errors}"
+
+    # The composite, decoded once the call is over (this process is the server too).
     composite = folder / "composite-grid.mp4"
     assert not await asyncio.to_thread(ffmpeg_errors, composite)
     length = duration(await asyncio.to_thread(probe, composite))
@@ -241,14 +255,3 @@ async def test_three_pages_call_record_and_compose_a_room(
     for at in (first, last):
         spreads = await asyncio.to_thread(cell_spreads, composite, at, 3)
         assert all(mean > 20 and spread > 10 for mean, spread in spreads), (at, spreads)
-
-    for page in pages:
-        still = await (await page.wait_for_function(JOINED_OR_FAILED)).json_value()
-        assert still == "joined", still
-        await page.get_by_role("button", name="Leave", exact=True).click()
-        await expect(page.locator("#link")).to_have_attribute("data-state", "idle")
-        await expect(page.locator('[data-testid="participant-tile"]')).to_have_count(0)
-    assert await server.api("GET", "/api/sessions") == []
-    for page in pages:
-        await page.context.close()
-    assert not errors, f"JavaScript errors on the pages: {errors}"
