@@ -87,16 +87,18 @@ async def publish(
     video: bool = True,
     audio: bool = True,
     pc: RTCPeerConnection | None = None,
+    room: str | None = None,
     **body: Any,
 ) -> Publisher:
     """Publish via ``/offer`` (JSON) or ``/whip`` (SDP) and wait until connected; ``pc``
-    brings tracks of its own instead of the synthetic camera and microphone."""
+    brings tracks of its own instead of the synthetic camera and microphone. With ``room``,
+    join that room (WHIP: ``/rooms/{room}/whip``; ``/offer``: its body's ``room``)."""
     pc = pc or publisher_pc(video, audio)
     await pc.setLocalDescription(await pc.createOffer())
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if whip:
         response = await http.post(
-            "/whip",
+            "/whip" if room is None else f"/rooms/{room}/whip",
             data=pc.localDescription.sdp,
             headers={**headers, "Content-Type": "application/sdp"},
         )
@@ -106,9 +108,12 @@ async def publish(
         session = location.rsplit("/", 1)[1]
     else:
         offer = {"sdp": pc.localDescription.sdp, "type": "offer", **body}
+        if room is not None:
+            offer["room"] = room
         response = await http.post("/offer", json=offer, headers=headers)
         assert response.status == 200, await response.text()
         reply = await response.json()
+        assert reply.get("room") == room, reply
         answer, session, location = reply["sdp"], reply["session"], None
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     await wait_for(lambda: pc.connectionState == "connected", 10, "the publisher to connect")

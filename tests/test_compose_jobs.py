@@ -32,9 +32,9 @@ SMALL = {"size": (160, 90), "fps": 10}  # composites that take the tests little 
 
 @asynccontextmanager
 async def served(recordings: Path, **options: Any) -> AsyncIterator[TestClient[Any, Any]]:
-    """The server's application with the compose routes, as ``create_app`` will wire them."""
+    """The server's application, its compose jobs' runner given ``options``."""
     app = create_app(Settings(recordings=recordings, **NO_LOAD_LIMITS))
-    jobs.setup(app, recordings, **options)
+    app[jobs.JOBS] = jobs.ComposeJobs(jobs.room_folder_in(recordings), **options)
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

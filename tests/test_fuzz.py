@@ -330,6 +330,68 @@ def test_recording_routes_never_leave_the_folder(server: LiveServer, name: str) 
     assert (ROOT / "pyproject.toml").exists()
 
 
+room_names = st.one_of(
+    st.sampled_from(["", "a b", "x" * 65, "..", "../x", "é", "a/b", "a\x00b"]),
+    st.text(max_size=80),
+    json_values,
+)
+
+
+@FUZZ
+@given(room=room_names, name=json_values, body=offer_bodies())
+def test_joining_a_room_answers_hostile_input_with_json_4xx(
+    server: LiveServer, room: Any, name: Any, body: tuple[bytes, bool]
+) -> None:
+    offer = {"sdp": "v=0\r\n", "type": "offer", "room": room, "name": name}
+    status, answer = request(server, "POST", "/offer", json.dumps(offer).encode())
+    assert_client_error(status, answer, "room")
+    path = "/rooms/" + __import__("urllib.parse").parse.quote(str(room), safe="") + "/whip"
+    status, answer = request(server, "POST", path, body[0], {"Content-Type": "application/sdp"})
+    if status == 404 and not answer.startswith(b"{"):
+        COUNTS["room"] += 1  # an empty or slashed name matches no route
+        return
+    assert_client_error(status, answer, "room")
+
+
+@FUZZ
+@given(
+    case=broken_offers(),
+    content_type=st.sampled_from(["application/sdp", "text/plain", ""]),
+    session=st.one_of(st.just("live"), names),
+)
+def test_whep_answers_hostile_offers_with_json_4xx(
+    server: LiveServer, case: tuple[str, bool], content_type: str, session: str
+) -> None:
+    # The offers send media and receive none: nothing is to forward, whatever else they say.
+    target = server.publisher.session if session == "live" else session
+    headers = {"Content-Type": content_type}
+    status, answer = request(server, "POST", f"/whep/{target}", case[0].encode(), headers)
+    if status == 201:  # a mutation left an offer that receives
+        COUNTS["whep"] += 1
+        return
+    assert_client_error(status, answer, "whep")
+
+
+@FUZZ
+@given(session=st.one_of(st.just("live"), names), subscription=names, room=names)
+def test_subscription_and_room_routes_answer_hostile_ids_with_json_4xx(
+    server: LiveServer, session: str, subscription: str, room: str
+) -> None:
+    target = server.publisher.session if session == "live" else session
+    status, answer = request(server, "DELETE", f"/whep/{target}/{subscription}")
+    assert_client_error(status, answer, "subscription")
+    for method, path in (
+        ("GET", f"/api/rooms/{room}"),
+        ("POST", f"/api/rooms/{room}/start"),
+        ("POST", f"/api/rooms/{room}/{subscription}"),
+    ):
+        status, answer = request(server, method, path, b"{}")
+        assert_client_error(status, answer, "rooms")
+    status, answer = request(server, "GET", f"/recordings/{room}/{subscription}")
+    assert status in (400, 404), status
+    assert (ROOT / "pyproject.toml").exists()
+
+
 def test_after_the_fuzzing_the_server_serves_and_the_recording_is_whole(server: LiveServer) -> None:
     status, body = request(server, "GET", "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"

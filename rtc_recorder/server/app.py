@@ -4,19 +4,28 @@ the recordings store. Every error is JSON ``{error, message}`` with a fitting st
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..errors import InvalidStateError, NotSupportedError, RecorderError
-from ..mimetype import is_type_supported, supported_types
-from . import operations
+from ..mimetype import supported_types
+from . import jobs, operations, rooms, whep
+from .api import (
+    ApiError,
+    call_method,
+    control_socket,
+    error_response,
+    optional_mime_type,
+    optional_timeslice,
+    read_json,
+    read_sdp,
+)
 from .lifecycle import DRAIN
 from .notices import Notices
 from .operations import REGISTRY
@@ -42,7 +51,6 @@ STORE: web.AppKey[RecordingStore] = web.AppKey("store", RecordingStore)
 RECORDINGS: web.AppKey[Recordings] = web.AppKey("recordings")
 NOTICES: web.AppKey[Notices] = web.AppKey("notices", Notices)
 
-METHODS = ("start", "pause", "resume", "requestData", "stop")
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
@@ -50,25 +58,9 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location",
     "Access-Control-Max-Age": "86400",
 }
-PROTECTED = ("/api", "/offer", "/whip", "/recordings", "/metrics")
+PROTECTED = ("/api", "/offer", "/whip", "/whep", "/rooms", "/recordings", "/metrics")
 OPEN = ("/api/config",)  # what the page needs to know before it has a token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error answered as ``{error: name, message}`` with ``status``."""
-
-    def __init__(
-        self, status: int, name: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.name = name
-        self.headers = dict(headers or {})
-
-
-def error_response(status: int, name: str, message: str) -> web.Response:
-    return web.json_response({"error": name, "message": message}, status=status)
 
 
 def static_folder() -> Path:
@@ -161,48 +153,6 @@ def auth(token: str | None) -> Any:
 # -- helpers ------------------------------------------------------------------------------
 
 
-async def read_json(request: web.Request, *, required: bool) -> dict[str, Any]:
-    """The request's JSON object (``{}`` for an empty optional body)."""
-    raw = await request.read()
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "SyntaxError", "a JSON body is required")
-        return {}
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, "SyntaxError", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "TypeError", "the body must be a JSON object")
-    return body
-
-
-def optional_mime_type(body: dict[str, Any]) -> str | None:
-    value = body.get("mimeType")
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, "TypeError", "mimeType must be a string")
-    if not is_type_supported(value):
-        raise ApiError(400, "NotSupportedError", f"{value!r} cannot be recorded")
-    return value
-
-
-def optional_timeslice(body: dict[str, Any]) -> int | None:
-    value = body.get("timeslice")
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not 10 <= value <= 3_600_000
-    ):
-        raise ApiError(
-            400, "TypeError", "timeslice must be a number of milliseconds (10 to 3600000)"
-        )
-    return int(value)
-
-
 def session_of(request: web.Request) -> Session:
     try:
         return request.app[SESSIONS].get(request.match_info["session"])
@@ -211,8 +161,11 @@ def session_of(request: web.Request) -> Session:
 
 
 async def create_session(
-    request: web.Request, sdp: str, body: dict[str, Any]
+    request: web.Request, sdp: str, body: dict[str, Any], room: rooms.Joining | None = None
 ) -> tuple[Session, str]:
+    """A new session answering ``sdp`` (joining ``room``, if given)."""
+    if room is not None:
+        request.app[rooms.ROOMS].admit(room.room)
     refused = operations.refusal(request.app)
     if refused is not None:
         raise ApiError(
@@ -230,6 +183,8 @@ async def create_session(
     except BadOffer as exc:
         raise ApiError(400, "SyntaxError", str(exc)) from None
     operations.admitted(request.app)
+    if room is not None:
+        await request.app[rooms.ROOMS].join(room, created[0])
     return created
 
 
@@ -241,20 +196,29 @@ async def offer(request: web.Request) -> web.Response:
     body = await read_json(request, required=True)
     if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
         raise ApiError(400, "TypeError", 'expected {"sdp": "...", "type": "offer"}')
-    session, answer = await create_session(request, body["sdp"], body)
-    return web.json_response({"sdp": answer, "type": "answer", "session": session.id})
+    room = rooms.joining(body.get("room"), body.get("name")) if "room" in body else None
+    session, answer = await create_session(request, body["sdp"], body, room)
+    reply = {"sdp": answer, "type": "answer", "session": session.id}
+    if room is not None:
+        reply["room"] = room.room
+    return web.json_response(reply)
 
 
 async def whip(request: web.Request) -> web.Response:
     """``POST /whip`` (RFC 9725): an SDP offer in, ``201 Created`` with the answer out."""
-    if request.content_type != "application/sdp":
-        raise ApiError(415, "NotSupportedError", "WHIP offers are application/sdp")
-    raw = await request.read()
-    try:
-        sdp = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "SyntaxError", "the offer is not UTF-8 text") from None
-    session, answer = await create_session(request, sdp, {})
+    return await answer_whip(request, None)
+
+
+async def room_whip(request: web.Request) -> web.Response:
+    """``POST /rooms/{room}/whip``: WHIP into a room (``?name=`` names the participant)."""
+    room = rooms.joining(request.match_info["room"], request.query.get("name"))
+    return await answer_whip(request, room)
+
+
+async def answer_whip(request: web.Request, room: rooms.Joining | None) -> web.Response:
+    """A WHIP offer answered by a new session (joining ``room``, if given)."""
+    sdp = await read_sdp(request, "WHIP")
+    session, answer = await create_session(request, sdp, {}, room)
     location = f"/whip/{session.id}"
     return web.Response(
         status=201,
@@ -295,22 +259,9 @@ async def delete_session(request: web.Request) -> web.Response:
     return web.json_response({"closed": True})
 
 
-async def call_method(request: web.Request) -> web.Response:
+async def call_session_method(request: web.Request) -> web.Response:
     """``POST /api/sessions/{id}/{method}``: the recorder method; answers the new state."""
-    session = session_of(request)
-    body = await read_json(request, required=False)
-    await invoke(session, request.match_info["method"], body)
-    return web.json_response({"state": session.state, **session.to_json()})
-
-
-async def invoke(session: Session, method: str, body: dict[str, Any]) -> None:
-    """Call one recorder method on a session (from the API or the WebSocket)."""
-    if method not in METHODS:
-        raise ApiError(404, "NotFoundError", f"no method {method!r}")
-    if method == "start":
-        await session.start(optional_mime_type(body), optional_timeslice(body))
-    else:
-        session.command(method)
+    return await call_method(request, session_of(request))
 
 
 async def events(request: web.Request) -> web.WebSocketResponse:
@@ -321,50 +272,7 @@ async def events(request: web.Request) -> web.WebSocketResponse:
     or ``{"type": "reply", "call", "error", "message"}`` in return.
     """
     session = session_of(request)
-    socket = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
-    await socket.prepare(request)
-    queue = session.subscribe()
-    sender = asyncio.ensure_future(_send_events(socket, queue))
-    try:
-        await socket.send_json({"type": "session", **session.to_json()})
-        async for message in socket:
-            if message.type != WSMsgType.TEXT:
-                break
-            await socket.send_json(await _reply(session, message.data))
-    finally:
-        sender.cancel()
-        session.unsubscribe(queue)
-        await socket.close()
-    return socket
-
-
-async def _send_events(
-    socket: web.WebSocketResponse, queue: asyncio.Queue[dict[str, Any] | None]
-) -> None:
-    while True:
-        message = await queue.get()
-        if message is None:
-            await socket.close()
-            return
-        await socket.send_json(message)
-
-
-async def _reply(session: Session, text: str) -> dict[str, Any]:
-    """Run a command sent on the WebSocket; the reply says what came of it."""
-    try:
-        command = json.loads(text)
-    except ValueError:
-        return {"type": "reply", "error": "SyntaxError", "message": "commands are JSON"}
-    if not isinstance(command, dict) or not isinstance(command.get("call"), str):
-        return {"type": "reply", "error": "TypeError", "message": 'expected {"call": "..."}'}
-    call = command["call"]
-    try:
-        await invoke(session, call, command)
-    except ApiError as exc:
-        return {"type": "reply", "call": call, "error": exc.name, "message": str(exc)}
-    except RecorderError as exc:
-        return {"type": "reply", "call": call, "error": exc.name, "message": str(exc)}
-    return {"type": "reply", "call": call, "state": session.state}
+    return await control_socket(request, session, {"type": "session", **session.to_json()})
 
 
 # -- recordings ---------------------------------------------------------------------------
@@ -372,7 +280,7 @@ async def _reply(session: Session, text: str) -> dict[str, Any]:
 
 async def list_recordings(request: web.Request) -> web.Response:
     try:
-        entries = await request.app[RECORDINGS].list(request.app[SESSIONS].live_durations())
+        entries = await request.app[RECORDINGS].list(live_durations(request.app))
     except StoreUnavailable as exc:
         raise ApiError(503, "NetworkError", str(exc)) from None
     return web.json_response([entry.to_json() for entry in entries])
@@ -388,9 +296,23 @@ async def get_recording(request: web.Request) -> web.StreamResponse:
         raise ApiError(503, "NetworkError", str(exc)) from None
 
 
+async def get_recording_file(request: web.Request) -> web.StreamResponse:
+    """A file of a room recording (a participant's, the mix, the manifest), with Range."""
+    name, file = request.match_info["name"], request.match_info["file"]
+    try:
+        return await request.app[RECORDINGS].respond_file(request, name, file)
+    except UnknownRecording:
+        raise ApiError(404, "NotFoundError", "no such recording or file") from None
+
+
+def live_durations(app: web.Application) -> dict[str, float]:
+    """The recordings being made (sessions' files, rooms' folders): their duration so far."""
+    return {**app[SESSIONS].live_durations(), **app[rooms.ROOMS].live_durations()}
+
+
 async def delete_recording(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if name in request.app[SESSIONS].live_durations():
+    if name in live_durations(request.app):
         raise ApiError(409, "InvalidStateError", "this recording is still being made")
     try:
         await request.app[RECORDINGS].delete(name)
@@ -495,23 +417,28 @@ def create_app(settings: Settings) -> web.Application:
     app[SESSIONS] = SessionManager(settings, store, app[NOTICES])
     operations.setup(app, settings, app[SESSIONS])
     app[RECORDINGS] = _events_out(app, settings, store)
+    rooms.setup(app, settings, store, app[SESSIONS])
+    whep.setup(app, settings, app[SESSIONS])
+    jobs.setup(app, store.folder)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/offer", offer)
     app.router.add_post("/whip", whip)
     app.router.add_delete("/whip/{session}", whip_delete)
     app.router.add_patch("/whip/{session}", whip_patch)
+    app.router.add_post("/rooms/{room}/whip", room_whip)
     app.router.add_get("/api/config", config)
     app.router.add_get("/api/sessions", list_sessions)
     app.router.add_get("/api/sessions/{session}", get_session)
     app.router.add_delete("/api/sessions/{session}", delete_session)
-    app.router.add_post("/api/sessions/{session}/{method}", call_method)
+    app.router.add_post("/api/sessions/{session}/{method}", call_session_method)
     app.router.add_get("/api/sessions/{session}/events", events)
     app.router.add_get("/api/recordings", list_recordings)
     app.router.add_delete("/api/recordings/{name}", delete_recording)
     app.router.add_get("/recordings/{name}", get_recording)
+    app.router.add_get("/recordings/{name}/{file}", get_recording_file)
     app.router.add_static("/static", static_folder(), show_index=False, follow_symlinks=False)
     return app
 
 
-__all__ = ["NotSupportedError", "create_app"]
+__all__ = ["ApiError", "NotSupportedError", "create_app", "error_response", "read_json"]

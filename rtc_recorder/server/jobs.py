@@ -34,6 +34,7 @@ from ..compose import (
     partial_path,
     read_manifest,
 )
+from .api import ApiError, read_json
 
 logger = logging.getLogger("rtc_recorder.server")
 
@@ -297,8 +298,6 @@ def setup(app: web.Application, recordings: Path, **options: Any) -> None:
 async def post_compose(request: web.Request) -> web.Response:
     """``POST /api/recordings/{name}/compose`` with ``{layout?, format?}`` (``grid`` or
     ``speaker``; ``mp4`` or ``webm``): ``202`` with the job, ``Location: /api/jobs/{job}``."""
-    from .app import ApiError, read_json  # the app module imports this one
-
     body = await read_json(request, required=False)
     layout, format = body.get("layout", "grid"), body.get("format", "mp4")
     if not isinstance(layout, str) or not isinstance(format, str):
@@ -312,8 +311,6 @@ async def post_compose(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     """``GET /api/jobs/{job}``: ``{job, recording, layout, state, progress, output, error}``."""
-    from .app import ApiError
-
     try:
         job = request.app[JOBS].get(request.match_info["job"])
     except KeyError:

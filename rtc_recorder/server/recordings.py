@@ -4,6 +4,8 @@ the only way from a name a client sends to a path on disk.
 A recording ``NAME.EXT`` has a sidecar ``NAME.EXT.json`` with its session, type, creation
 time, state and (once finished) duration. Files without a sidecar (copied in, or left by
 a crash before the server wrote one) are listed too, their duration read from the file.
+A room recording is a folder ``{room}-{UTC time}`` holding ``manifest.json`` and its
+files; it is listed once, with its participants and files, and each file is served.
 
 With object storage, :class:`BucketRecordings` lists and serves the bucket's recordings
 and, for the ones not uploaded yet, the spool's (a :class:`RecordingStore`).
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Protocol
 import av
 from aiohttp import web
 
+from ..manifest import MANIFEST
 from ..mimetype import parse_type
 from .storage import Bucket, StoreError, is_missing
 
@@ -44,7 +48,9 @@ CONTENT_TYPES = {
     ".ogg": "audio/ogg",
     ".wav": "audio/wav",
 }
+FILE_TYPES = {**CONTENT_TYPES, ".json": "application/json"}  # files of a room recording
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}")
+ROOM_FOLDER = re.compile(r"[A-Za-z0-9_-]{1,64}-\d{8}T\d{6}Z(-\d+)?")  # {room}-{UTC time}
 
 
 class UnknownRecording(LookupError):
@@ -70,6 +76,9 @@ class RecordingInfo:
     created: str
     session: str | None
     state: str  # "recording", "complete", "failed", or "unknown" (no sidecar)
+    room: str | None = None  # a room recording's: its room, participants and files
+    participants: list[dict[str, object]] | None = None
+    files: list[str] | None = None
 
     def to_json(self) -> dict[str, object]:
         """The listing's entry."""
@@ -121,6 +130,9 @@ class Recordings(Protocol):
     async def delete(self, name: str) -> None:
         """Remove a recording; :class:`UnknownRecording`, :class:`RecordingBusy`."""
 
+    async def respond_file(self, request: web.Request, name: str, file: str) -> web.StreamResponse:
+        """A file of room recording ``name``, with Range support; :class:`UnknownRecording`."""
+
 
 def utc_now() -> datetime.datetime:
     """Now, in UTC."""
@@ -144,24 +156,59 @@ class RecordingStore:
         """A fresh name from the session id and the UTC time (never from client input),
         reserved at once by creating its sidecar: two recordings started within one second
         get different names even before either file exists."""
-        stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
         extension = extension_for(mime_type)
-        counter = 1
-        while True:
-            suffix = "" if counter == 1 else f"-{counter}"
-            name = f"{session}-{stamp}{suffix}{extension}"
+
+        def reserve(name: str) -> bool:
             try:
                 descriptor = os.open(
-                    self.folder / f"{name}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                    self.folder / f"{name}{extension}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL
                 )
             except FileExistsError:
-                counter += 1
-                continue
+                return False
             os.close(descriptor)
-            if (self.folder / name).exists():
-                counter += 1
-                continue
-            return name
+            return not (self.folder / f"{name}{extension}").exists()
+
+        return _fresh(session, reserve) + extension
+
+    def new_folder(self, room: str) -> str:
+        """A fresh room recording's folder, ``{room}-{UTC time}``, created at once."""
+
+        def reserve(name: str) -> bool:
+            try:
+                (self.folder / name).mkdir()
+            except FileExistsError:
+                return False
+            return True
+
+        return _fresh(room, reserve)
+
+    def room_folder(self, name: str) -> Path:
+        """The folder of room recording ``name``; :class:`UnknownRecording` for anything else
+        (its name never leaves the recordings folder)."""
+        if not ROOM_FOLDER.fullmatch(name):
+            raise UnknownRecording(name)
+        folder = self.folder / name
+        if folder.parent != self.folder or not (folder / MANIFEST).is_file():
+            raise UnknownRecording(name)
+        return folder
+
+    def room_file(self, name: str, file: str) -> Path:
+        """File ``file`` of room recording ``name``; :class:`UnknownRecording` otherwise."""
+        folder = self.room_folder(name)
+        path = folder / file
+        if (
+            not _NAME.fullmatch(file)
+            or path.suffix not in FILE_TYPES
+            or path.parent != folder
+            or not path.is_file()
+        ):
+            raise UnknownRecording(f"{name}/{file}")
+        return path
+
+    async def respond_file(self, request: web.Request, name: str, file: str) -> web.StreamResponse:
+        """A file of a room recording, with Range support."""
+        path = self.room_file(name, file)
+        return _file_response(request, path, FILE_TYPES[path.suffix])
 
     def path(self, name: str) -> Path:
         """The file of recording ``name``; :class:`UnknownRecording` for anything that is not
@@ -176,11 +223,7 @@ class RecordingStore:
     async def respond(self, request: web.Request, name: str) -> web.StreamResponse:
         """The file, with Range support (seeking in ``<video>``)."""
         path = self.path(name)
-        response = web.FileResponse(path, headers={"Cache-Control": "no-cache"})
-        response.content_type = served_type(name, self.read_meta(name))
-        if "download" in request.query:
-            response.headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
-        return response
+        return _file_response(request, path, served_type(name, self.read_meta(name)))
 
     def read_meta(self, recording: str) -> dict[str, object] | None:
         """The sidecar of ``recording``, if it has a readable one."""
@@ -207,10 +250,13 @@ class RecordingStore:
         being recorded."""
         entries = []
         for path in self.folder.iterdir():
-            if path.suffix not in CONTENT_TYPES or not path.is_file() or path.name.startswith("."):
+            if path.name.startswith("."):
                 continue
             try:
-                entries.append(await self.info(path.name, live or {}))
+                if path.suffix in CONTENT_TYPES and path.is_file():
+                    entries.append(await self.info(path.name, live or {}))
+                elif (path / MANIFEST).is_file():
+                    entries.append(await asyncio.to_thread(self.room_info, path.name, live or {}))
             except (UnknownRecording, FileNotFoundError):
                 continue  # removed meanwhile (uploaded, deleted)
         entries.sort(key=lambda entry: entry.created, reverse=True)
@@ -221,13 +267,48 @@ class RecordingStore:
         path = self.path(name)
         stat = path.stat()
         meta = self._read_meta(path)
-        created = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.UTC).isoformat()
+        created = _modified(path)
         if meta is None:
             duration = await self._probe(path, stat.st_size, stat.st_mtime)
             return RecordingInfo(
                 name, stat.st_size, duration, CONTENT_TYPES[path.suffix], created, None, "unknown"
             )
         return RecordingInfo.from_meta(name, stat.st_size, meta, created, live)
+
+    def room_info(self, name: str, live: Mapping[str, float]) -> RecordingInfo:
+        """What a room recording's manifest and folder say of it."""
+        folder = self.room_folder(name)
+        try:
+            manifest = json.loads((folder / MANIFEST).read_text())
+        except ValueError:
+            manifest = {}
+        if not isinstance(manifest, dict):
+            manifest = {}
+        files = sorted(
+            path.name
+            for path in folder.iterdir()
+            if path.suffix in FILE_TYPES and not path.name.startswith(".") and path.is_file()
+        )
+        size = sum((folder / file).stat().st_size for file in files)
+        created = manifest.get("started")
+        duration = live.get(name, manifest.get("duration"))
+        if name in live:
+            state = "recording"
+        else:
+            state = "complete" if manifest.get("state") == "finalized" else "unknown"
+        participants = manifest.get("participants")
+        return RecordingInfo(
+            name=name,
+            size=size,
+            duration=float(duration) if isinstance(duration, (int, float)) else None,
+            mimeType=str(manifest.get("mimeType", "")),
+            created=str(created) if created else _modified(folder / MANIFEST),
+            session=None,
+            state=state,
+            room=str(manifest.get("room", "")),
+            participants=participants if isinstance(participants, list) else [],
+            files=files,
+        )
 
     async def _probe(self, path: Path, size: int, mtime: float) -> float | None:
         key = (path.name, size, mtime)
@@ -237,10 +318,38 @@ class RecordingStore:
         return self._durations[key]
 
     async def delete(self, name: str) -> None:
-        """Remove a recording and its sidecar."""
+        """Remove a recording and its sidecar, or a room recording's folder."""
+        if not valid_name(name):
+            await asyncio.to_thread(shutil.rmtree, self.room_folder(name))
+            return
         path = self.path(name)
         path.unlink()
         (self.folder / f"{name}.json").unlink(missing_ok=True)
+
+
+def _fresh(prefix: str, reserve: Callable[[str], bool]) -> str:
+    """``{prefix}-{UTC time}``, with ``-2``, ``-3``... until ``reserve`` takes the name."""
+    stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
+    counter = 1
+    while True:
+        name = f"{prefix}-{stamp}" if counter == 1 else f"{prefix}-{stamp}-{counter}"
+        if reserve(name):
+            return name
+        counter += 1
+
+
+def _modified(path: Path) -> str:
+    """When ``path`` last changed, in UTC."""
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC).isoformat()
+
+
+def _file_response(request: web.Request, path: Path, content_type: str) -> web.FileResponse:
+    """A file as a response, with Range support (seeking in ``<video>``)."""
+    response = web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    response.content_type = content_type
+    if "download" in request.query:
+        response.headers["Content-Disposition"] = f'attachment; filename="{path.name}"'
+    return response
 
 
 def probe_duration(path: Path) -> float | None:
@@ -326,9 +435,14 @@ class BucketRecordings:
             raise StoreUnavailable(f"the object store did not answer: {exc}") from None
         return await serve_range(request, bucket, name, size, served_type(name, meta))
 
+    async def respond_file(self, request: web.Request, name: str, file: str) -> web.StreamResponse:
+        """Room recordings are kept in the spool (they are not uploaded)."""
+        return await self.spool.respond_file(request, name, file)
+
     async def delete(self, name: str) -> None:
         if not valid_name(name):
-            raise UnknownRecording(name)
+            await self.spool.delete(name)  # a room recording (kept in the spool), or nothing
+            return
         if self._busy(name):
             raise RecordingBusy(f"{name} is being uploaded")
         bucket = self._open_bucket()

@@ -31,6 +31,7 @@ from ..mediastream import MediaStream
 from ..mimetype import parse_type
 from ..receive.negotiation import prefer_codec
 from ..receive.transport import PortsExhausted, apply_ice_policy
+from .channel import EventChannel, Message
 from .notices import Notices
 from .recordings import RecordingStore, utc_now
 from .settings import Settings
@@ -83,9 +84,7 @@ class Session:
         self._store = store
         self._on_closed = on_closed
         self._on_recording = on_recording
-        self._notices = notices
-        self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
-        self._sequence = 0  # numbers every message, so clients can order events and answers
+        self.events = EventChannel(lambda message: notices.from_session(session_id, message))
         self._created_at = time.monotonic()
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -111,29 +110,11 @@ class Session:
             "recording": self.recording,
             "tracks": [track.kind for track in self.stream],
             "created": self.created.isoformat(),
-            "seq": self._sequence,
+            "seq": self.events.sequence,
         }
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
-        """A queue of event messages; ``None`` arrives when the session closes."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self._subscribers.discard(queue)
-
-    def _broadcast(self, message: dict[str, Any] | None) -> None:
-        if message is not None:
-            self._sequence += 1
-            message["seq"] = self._sequence
-            self._notices.from_session(self.id, message)
-        for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(message)
-            except asyncio.QueueFull:
-                # A subscriber that stopped reading loses its subscription, not the server.
-                self._subscribers.discard(queue)
+    def _broadcast(self, message: Message) -> None:
+        self.events.publish(message)
 
     # -- the peer ------------------------------------------------------------------------
 
@@ -289,7 +270,7 @@ class Session:
             self._watchdog.cancel()
         await self.pc.close()
         self._broadcast({"type": "closed", "reason": reason})
-        self._broadcast(None)
+        self.events.close()
         self._on_closed(self)
         log("closed", session=self.id)
 
@@ -306,6 +287,8 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         # Called with every recorder once its recording started (metrics count it).
         self.on_recording: list[Callable[[MediaRecorder], None]] = []
+        # Called with every session once it has closed (rooms, WHEP subscriptions).
+        self.on_closed: list[Callable[[Session], None]] = []
 
     def get(self, session_id: str) -> Session:
         """The session, or ``KeyError``."""
@@ -320,8 +303,7 @@ class SessionManager:
         check_offer(sdp)
         mime = mime_type or self.settings.mime_type
         recording_type = parse_type(mime)
-        servers = [url.strip() for url in self.settings.ice_servers.split(",") if url.strip()]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(url) for url in servers]))
+        pc = new_peer_connection(self.settings)
         session_id = secrets.token_hex(6)
         session = Session(
             session_id,
@@ -361,6 +343,8 @@ class SessionManager:
 
     def _closed(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+        for callback in self.on_closed:
+            callback(session)
 
     def _recording_started(self, recorder: MediaRecorder) -> None:
         for callback in self.on_recording:
@@ -398,6 +382,12 @@ def _track_summaries(stats: dict[str, Any]) -> list[dict[str, Any]]:
     """Per recorded track: how it was recorded (pass-through or transcoded) and its frames."""
     keys = ("kind", "codec", "path", "framesReceived", "framesWritten", "framesDecoded")
     return [{key: track.get(key) for key in keys} for track in stats["tracks"]]
+
+
+def new_peer_connection(settings: Settings) -> RTCPeerConnection:
+    """A server-side peer connection with the ICE servers the settings name."""
+    servers = [url.strip() for url in settings.ice_servers.split(",") if url.strip()]
+    return RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(url) for url in servers]))
 
 
 def check_offer(sdp: str) -> None:

@@ -44,6 +44,9 @@ class Settings:
     cert: Path | None = None
     key: Path | None = None
     max_sessions: int = 50
+    max_rooms: int = 10
+    max_participants: int = 8
+    max_subscriptions: int = 200
     max_body: int = 256 * 1024
     max_recording_seconds: float | None = None
     max_recording_bytes: int | None = None
@@ -75,7 +78,15 @@ class Settings:
             raise ValueError(f"--mime-type: {self.mime_type!r} cannot be recorded")
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
-        for name in ("port", "timeslice", "max_sessions", "max_body"):
+        for name in (
+            "port",
+            "timeslice",
+            "max_sessions",
+            "max_rooms",
+            "max_participants",
+            "max_subscriptions",
+            "max_body",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if self.log_format not in ("text", "json"):
@@ -183,10 +194,14 @@ _HELP = {
     "mime_type": "type recorded when a client does not ask for one",
     "timeslice": "milliseconds of media per dataavailable chunk (and per file flush)",
     "auto_record": "record every session from its first media until hang-up",
-    "token": "require 'Authorization: Bearer TOKEN' on /api, /offer, /whip and /recordings",
+    "token": "require 'Authorization: Bearer TOKEN' on /api, /offer, /whip, /whep, /rooms and "
+    "/recordings",
     "cert": "TLS certificate (PEM) to serve HTTPS",
     "key": "TLS private key (PEM) for --cert",
     "max_sessions": "concurrent sessions; more are refused with 503",
+    "max_rooms": "rooms at once; a join that would open another is refused with 503",
+    "max_participants": "participants of one room; a join beyond is refused with 409",
+    "max_subscriptions": "WHEP subscriptions at once; more are refused with 503",
     "max_body": "largest request body accepted, in bytes (413 beyond)",
     "max_recording_seconds": "stop a recording after this many seconds of media",
     "max_recording_bytes": "stop a recording once its file reaches this many bytes",
