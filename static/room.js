@@ -150,7 +150,7 @@
   function applyRecording(info) {
     const current = info.recording && typeof info.recording === "object" ? info.recording : info;
     const state = current.state || current.recorderState || info.recorderState || "inactive";
-    app.recorder = EVENT_STATES[state] !== undefined || state === "inactive" ? state : "inactive";
+    app.recorder = state in STATE_LABELS ? state : "inactive";
     const name = typeof info.recording === "string" ? info.recording : current.name;
     if (name) app.recording = name;
     const seconds = current.recordedSeconds ?? info.recordedSeconds;
