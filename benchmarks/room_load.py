@@ -75,10 +75,12 @@ def run_rooms(
             )
             children.start(name, room_member.run, config)
         joined = time.monotonic()
-        raw["sessions"] = {
-            name: children.expect(name, "ready", timeout + room_member.READY_TIMEOUT)["sessions"]
+        ready = {
+            name: children.expect(name, "ready", timeout + room_member.READY_TIMEOUT)
             for name in names
         }
+        raw["sessions"] = {name: message["sessions"] for name, message in ready.items()}
+        raw["offersRetried"] = sum(message["retries"] for message in ready.values())
         raw["joinSeconds"] = time.monotonic() - joined
         _log(f"{rooms} room(s) of {args.participants} joined and watching each other")
         for name in names:

@@ -29,7 +29,7 @@ from rtc_recorder.receive import hooks
 
 from .common import Channel, loopback_only, rtc_configuration, run_child
 from .media import load
-from .sender import CLOSE_TIMEOUT, Gate, Session, open_session
+from .sender import CLOSE_TIMEOUT, Gate, Refused, Session, open_session
 
 READY_TIMEOUT = 30.0  # from the last subscription answered to video on every one
 
@@ -124,24 +124,11 @@ class Room:
         self.gate = Gate()
         self.sessions: dict[int, Session] = {}
         self.watches: list[Watch] = []
+        self.retries = 0  # offers the server asked to send again later
 
     async def join(self) -> None:
         """Every participant publishes, then every one watches every other one."""
-        url = f"{self.config.base_url}/offer"
-        await asyncio.gather(
-            *(
-                open_session(
-                    number,
-                    self.media,
-                    self.gate,
-                    self.http,
-                    url,
-                    self.sessions,
-                    {"room": self.config.room, "name": f"p{number}"},
-                )
-                for number in range(self.config.participants)
-            )
-        )
+        await asyncio.gather(*(self._publish(n) for n in range(self.config.participants)))
         pairs = [
             (watcher, publisher)
             for watcher in self.sessions
@@ -165,6 +152,30 @@ class Room:
         async with asyncio.timeout(READY_TIMEOUT):
             while any(w.first_video_at is None for w in self.watches):
                 await asyncio.sleep(0.1)
+
+    async def _publish(self, number: int) -> None:
+        """Participant ``number`` joins the room, offering again when a server taking
+        sessions one at a time asks it to wait (503 with Retry-After), as the page does."""
+        deadline = time.monotonic() + self.config.connect_timeout
+        while True:
+            try:
+                await open_session(
+                    number,
+                    self.media,
+                    self.gate,
+                    self.http,
+                    f"{self.config.base_url}/offer",
+                    self.sessions,
+                    {"room": self.config.room, "name": f"p{number}"},
+                )
+                return
+            except Refused as refused:
+                wait = float(refused.retry_after or 0)
+                if refused.status != 503 or not wait or time.monotonic() + wait > deadline:
+                    raise
+                self.retries += 1
+                await self.sessions.pop(number).close()
+                await asyncio.sleep(wait)
 
     def counts(self) -> dict[str, Any]:
         """What was sent and received so far."""
@@ -202,7 +213,14 @@ async def _main(channel: Channel, config: RoomConfig) -> None:
         try:
             await room.join()
             sessions = {str(n): str(s.server_session) for n, s in room.sessions.items()}
-            channel.send({"type": "ready", "room": config.room, "sessions": sessions})
+            channel.send(
+                {
+                    "type": "ready",
+                    "room": config.room,
+                    "sessions": sessions,
+                    "retries": room.retries,
+                }
+            )
             while (message := await channel.receive("mark", "pause", "close"))["type"] != "close":
                 if message["type"] == "pause":
                     room.gate.open = False
