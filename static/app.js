@@ -26,6 +26,9 @@
     describe,
     api,
     postOffer,
+    hangUpQuietly,
+    hangUpSession,
+    recordingsRefresher,
     iceGathered,
     getCameraAndMicrophone,
     createMeter,
@@ -500,24 +503,14 @@
     }
   }
 
-  function hangUpQuietly(session) {
-    api(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE", keepalive: true }).catch(
-      () => {},
-    );
-  }
-
   async function hangUp() {
     if (app.link !== "connected") return;
     const id = app.session;
     const generation = app.generation;
     setLink("closing");
-    try {
-      await api(`/api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
-    } catch (error) {
-      const gone = error instanceof ApiError && (error.status === 404 || error.status === 0);
-      if (generation === app.generation && !gone) {
-        showMessage(describe(error, "The server was not told about the hang-up"));
-      }
+    const failure = await hangUpSession(id);
+    if (failure && generation === app.generation) {
+      showMessage(describe(failure, "The server was not told about the hang-up"));
     }
     if (generation === app.generation) teardown();
     refreshRecordings();
@@ -567,31 +560,7 @@
 
   // -- recordings -----------------------------------------------------------------------
 
-  let refreshing = null;
-  let refreshAgain = false;
-
-  function refreshRecordings() {
-    if (refreshing) {
-      refreshAgain = true;
-      return refreshing;
-    }
-    refreshing = (async () => {
-      do {
-        refreshAgain = false;
-        try {
-          renderRecordings(await api("/api/recordings"));
-        } catch (error) {
-          if (!(error instanceof ApiError && error.status === 401)) {
-            showMessage(describe(error, "Could not list the recordings"), "error", {
-              keep: true,
-            });
-          }
-        }
-      } while (refreshAgain);
-      refreshing = null;
-    })();
-    return refreshing;
-  }
+  const refreshRecordings = recordingsRefresher(renderRecordings);
 
   const STATE_BADGES = {
     recording: "Recording",

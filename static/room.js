@@ -21,6 +21,9 @@
     describe,
     api,
     postOffer,
+    hangUpQuietly,
+    hangUpSession,
+    recordingsRefresher,
     iceGathered,
     getCameraAndMicrophone,
     createMeter,
@@ -481,24 +484,14 @@
     }
   }
 
-  function hangUpQuietly(session) {
-    api(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE", keepalive: true }).catch(
-      () => {},
-    );
-  }
-
   async function leave() {
     if (app.link !== "joined") return;
     const session = app.session;
     const generation = app.generation;
     setLink("leaving");
-    try {
-      await api(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE" });
-    } catch (error) {
-      const gone = error instanceof ApiError && (error.status === 404 || error.status === 0);
-      if (generation === app.generation && !gone) {
-        showMessage(describe(error, "The server was not told that you left"));
-      }
+    const failure = await hangUpSession(session);
+    if (failure && generation === app.generation) {
+      showMessage(describe(failure, "The server was not told that you left"));
     }
     if (generation === app.generation) teardown();
     refreshRecordings();
@@ -542,30 +535,8 @@
 
   // -- room recordings ------------------------------------------------------------------
 
-  let refreshing = null;
-  let refreshAgain = false;
   let retryTimer = null;
-
-  function refreshRecordings() {
-    if (refreshing) {
-      refreshAgain = true;
-      return refreshing;
-    }
-    refreshing = (async () => {
-      do {
-        refreshAgain = false;
-        try {
-          renderRecordings(await api("/api/recordings"));
-        } catch (error) {
-          if (!(error instanceof ApiError && error.status === 401)) {
-            showMessage(describe(error, "Could not list the recordings"), "error", { keep: true });
-          }
-        }
-      } while (refreshAgain);
-      refreshing = null;
-    })();
-    return refreshing;
-  }
+  const refreshRecordings = recordingsRefresher(renderRecordings);
 
   function renderRecordings(list) {
     const entries = (Array.isArray(list) ? list : []).filter((entry) => entry.room);

@@ -266,6 +266,55 @@ window.rtcShared = (() => {
     }
   }
 
+  // -- sessions and recordings ----------------------------------------------------------
+
+  // Hang-up sent and forgotten (it outlives the page: `keepalive`).
+  function hangUpQuietly(session) {
+    api(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE", keepalive: true }).catch(
+      () => {},
+    );
+  }
+
+  // Hang-up awaited: the error worth telling (none when the session is gone already).
+  async function hangUpSession(session) {
+    try {
+      await api(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE" });
+      return null;
+    } catch (error) {
+      const gone = error instanceof ApiError && (error.status === 404 || error.status === 0);
+      return gone ? null : error;
+    }
+  }
+
+  // A function that lists the recordings into `render`, one listing at a time: called
+  // while one is on its way, it lists once more after it (so the last call is served).
+  function recordingsRefresher(render) {
+    let running = null;
+    let again = false;
+    return function refresh() {
+      if (running) {
+        again = true;
+        return running;
+      }
+      running = (async () => {
+        do {
+          again = false;
+          try {
+            render(await api("/api/recordings"));
+          } catch (error) {
+            if (!(error instanceof ApiError && error.status === 401)) {
+              showMessage(describe(error, "Could not list the recordings"), "error", {
+                keep: true,
+              });
+            }
+          }
+        } while (again);
+        running = null;
+      })();
+      return running;
+    };
+  }
+
   // -- access token ---------------------------------------------------------------------
 
   function askForToken() {
@@ -475,6 +524,9 @@ window.rtcShared = (() => {
     describe,
     api,
     postOffer,
+    hangUpQuietly,
+    hangUpSession,
+    recordingsRefresher,
     iceGathered,
     getCameraAndMicrophone,
     createMeter,
