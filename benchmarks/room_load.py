@@ -111,9 +111,13 @@ def run_rooms(
         }
         raw["before"], raw["after"] = before, after
 
+        status, listed = server.request("GET", "/api/rooms")
+        raw["participantsAtEnd"] = {room["name"]: len(room["participants"]) for room in listed}
         for name in names:
             status, body = server.request("POST", f"/api/rooms/{name}/stop", timeout=30)
-            if status != 200:
+            if status == 404:  # everyone left it (their connections closed): it stopped then
+                _log(f"{name} had ended before the window's end")
+            elif status != 200:
                 raise BenchmarkError(f"stopping {name}'s recording answered {status}: {body}")
         raw["manifests"] = _finalized(recordings, names)
         raw["sent"] = _ask(children, names, "pause", "sent")
@@ -237,6 +241,7 @@ def summarise(raw: dict[str, Any]) -> dict[str, Any]:
         "filesClean": sum(not f["ffmpeg"] for f in files),
         "videoRecordedPctMin": min(recorded, default=None),
         "videoRecordedPctMean": mean(recorded),
+        "participantsAtEnd": sum(raw["participantsAtEnd"].values()),
         "serverExitCode": raw["serverStop"]["exitCode"],
         "joinSeconds": raw["joinSeconds"],
     }
@@ -256,6 +261,10 @@ def markdown(command: str, summaries: list[dict[str, Any]], media_info: dict[str
             "Participants (subscriptions)", lambda s: f"{s['participants']} ({s['subscriptions']})"
         ),
         row("Window (s)", lambda s: fmt(s["windowSeconds"])),
+        row(
+            "Participants still in their room at the window's end",
+            lambda s: f"{s['participantsAtEnd']} / {s['participants']}",
+        ),
         row("Server CPU (cores)", lambda s: fmt(s["serverCpuCores"], 2)),
         row(
             "Server CPU per participant (% of a core)",
