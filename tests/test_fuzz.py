@@ -115,11 +115,23 @@ def request(
     body: bytes = b"",
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
+    status, _, answer = exchange(server, method, path, body, headers)
+    return status, answer
+
+
+def exchange(
+    server: LiveServer,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """The answer's status, headers and body."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, response.read()
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
 
@@ -365,9 +377,10 @@ def test_whep_answers_hostile_offers_with_json_4xx(
     # The offers send media and receive none: nothing is to forward, whatever else they say.
     target = server.publisher.session if session == "live" else session
     headers = {"Content-Type": content_type}
-    status, answer = request(server, "POST", f"/whep/{target}", case[0].encode(), headers)
+    status, answers, answer = exchange(server, "POST", f"/whep/{target}", case[0].encode(), headers)
     if status == 201:  # a mutation left an offer that receives
         COUNTS["whep"] += 1
+        assert request(server, "DELETE", answers["Location"])[0] == 200
         return
     assert_client_error(status, answer, "whep")
 

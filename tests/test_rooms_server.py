@@ -212,8 +212,8 @@ async def test_a_room_joined_watched_and_recorded_through_the_server(tmp_path: P
             assert kind in kinds, kinds
         order = [kinds.index(k) for k in ("start", "pause", "resume", "stop")]
         assert order == sorted(order)
-        numbers = [m["seq"] for m in events.messages[1:]]
-        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+        numbers = [m["seq"] for m in events.messages]
+        assert numbers[1:] == list(range(numbers[0] + 1, numbers[0] + len(numbers)))
         files = {m["file"] for m in events.of("dataavailable")}
         assert {f"{ada.session}.webm", f"{bob.session}.webm", "mix.ogg"} <= files
 
@@ -270,7 +270,8 @@ async def test_a_room_joined_watched_and_recorded_through_the_server(tmp_path: P
 
 
 async def test_room_names_limits_and_whep_errors_are_clear_json(tmp_path: Path) -> None:
-    async with running_app(recordings=tmp_path, max_rooms=1, max_participants=1) as client:
+    limits = {"max_rooms": 1, "max_participants": 1, "max_subscriptions": 1, "idle_timeout": 2}
+    async with running_app(recordings=tmp_path, **limits) as client:
         for bad in ("", "a b", "x" * 65, "é", "../x", 5, None):
             body = {"sdp": "v=0", "type": "offer", "room": bad}
             assert await error_of(await client.post("/offer", json=body)) == (400, "SyntaxError")
@@ -316,10 +317,20 @@ async def test_room_names_limits_and_whep_errors_are_clear_json(tmp_path: Path) 
             assert (await error_of(response))[0] == 400, broken
         h264 = Viewer(video_codec="h264")
         refused = await client.post(f"/whep/{ada.session}", data=await h264.offer(), headers=sdp)
-        status, name = await error_of(refused)
-        assert (status, name) == (400, "NotSupportedError")
+        assert await error_of(refused) == (400, "NotSupportedError")
         stale = await client.delete(f"/whep/{ada.session}/000000000000")
         assert await error_of(stale) == (404, "NotFoundError")
+        # A subscriber that never takes its answer is let go after the idle timeout.
+        silent = Viewer()
+        response = await client.post(f"/whep/{ada.session}", data=await silent.offer(), headers=sdp)
+        assert response.status == 201, await response.text()
+        location = response.headers["Location"]
+        another = await client.post(f"/whep/{ada.session}", data=await h264.offer(), headers=sdp)
+        assert await error_of(another) == (503, "QuotaExceededError")  # one at most
+        async with asyncio.timeout(10):
+            while (await client.delete(location)).status != 404:
+                await asyncio.sleep(0.2)
+        await silent.close()
         assert (await client.get("/healthz")).status == 200
         for pc in (viewer, h264):
             await pc.close()
@@ -356,6 +367,10 @@ async def test_mute_unmute_and_a_vanished_participant_finalized(tmp_path: Path) 
         await events.wait("room")
         assert await post_state(client, "start") == "recording"
         name = (await events.wait("start"))["name"]
+        await events.socket.send_json({"call": "requestData"})
+        assert (await events.wait("reply", call="requestData"))["state"] == "recording"
+        await events.socket.send_json({"call": "explode"})
+        assert (await events.wait("reply", call="explode"))["error"] == "NotFoundError"
 
         video.open = False
         await events.wait("mute", session=quiet.session, kind="video")
@@ -417,3 +432,22 @@ async def test_sigterm_finalizes_a_room_recording(tmp_path: Path) -> None:
     assert len(manifest["participants"]) == 2
     for file in (*(p["file"] for p in manifest["participants"]), "mix.ogg"):
         assert not ffmpeg_errors(folder / file), file
+
+
+async def test_the_room_routes_need_the_token(tmp_path: Path) -> None:
+    async with running_app(recordings=tmp_path, token="s3cret") as client:
+        sdp = {"Content-Type": "application/sdp"}
+        for method, path in (
+            ("POST", "/whep/000000000000"),
+            ("DELETE", "/whep/000000000000/000000000000"),
+            ("POST", f"/rooms/{ROOM}/whip"),
+            ("GET", "/api/rooms"),
+            ("GET", f"/api/rooms/{ROOM}"),
+            ("POST", f"/api/rooms/{ROOM}/start"),
+            ("GET", f"/recordings/{ROOM}-20261201T101500Z/manifest.json"),
+        ):
+            response = await client.request(method, path, data="v=0", headers=sdp)
+            assert await error_of(response) == (401, "NotAllowedError"), path
+        bearer = {**sdp, "Authorization": "Bearer s3cret"}
+        response = await client.post("/whep/000000000000", data="v=0", headers=bearer)
+        assert await error_of(response) == (404, "NotFoundError")

@@ -83,8 +83,16 @@ class Notices:
     def from_session(self, session: str, message: dict[str, Any]) -> None:
         """Publish a session's event message (as sent on its WebSocket) if it is one that
         leaves the server."""
+        self._from({"session": session}, message)
+
+    def from_room(self, room: str, message: dict[str, Any]) -> None:
+        """Publish a room's event message (its recording's start, stop...: the uploader
+        follows the room recording's folder) if it is one that leaves the server."""
+        self._from({"room": room}, message)
+
+    def _from(self, owner: dict[str, Any], message: dict[str, Any]) -> None:
         public = PUBLIC_TYPES.get(str(message.get("type")))
         if public is None:
             return
         data = {key: value for key, value in message.items() if key not in _PRIVATE}
-        self.publish(Notice(public, {"session": session, **data}))
+        self.publish(Notice(public, {**owner, **data}))

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,7 +30,7 @@ from aiohttp import web
 
 from ..manifest import MANIFEST
 from ..mimetype import parse_type
-from .storage import Bucket, StoreError, is_missing
+from .storage import Bucket, StoredObject, StoreError, is_missing
 
 logger = logging.getLogger("rtc_recorder.server")
 
@@ -196,12 +196,7 @@ class RecordingStore:
         """File ``file`` of room recording ``name``; :class:`UnknownRecording` otherwise."""
         folder = self.room_folder(name)
         path = folder / file
-        if (
-            not _NAME.fullmatch(file)
-            or path.suffix not in FILE_TYPES
-            or path.parent != folder
-            or not path.is_file()
-        ):
+        if not room_file_name(file) or path.parent != folder or not path.is_file():
             raise UnknownRecording(f"{name}/{file}")
         return path
 
@@ -278,37 +273,13 @@ class RecordingStore:
     def room_info(self, name: str, live: Mapping[str, float]) -> RecordingInfo:
         """What a room recording's manifest and folder say of it."""
         folder = self.room_folder(name)
-        try:
-            manifest = json.loads((folder / MANIFEST).read_text())
-        except ValueError:
-            manifest = {}
-        if not isinstance(manifest, dict):
-            manifest = {}
-        files = sorted(
-            path.name
+        files = {
+            path.name: path.stat().st_size
             for path in folder.iterdir()
-            if path.suffix in FILE_TYPES and not path.name.startswith(".") and path.is_file()
-        )
-        size = sum((folder / file).stat().st_size for file in files)
-        created = manifest.get("started")
-        duration = live.get(name, manifest.get("duration"))
-        if name in live:
-            state = "recording"
-        else:
-            state = "complete" if manifest.get("state") == "finalized" else "unknown"
-        participants = manifest.get("participants")
-        return RecordingInfo(
-            name=name,
-            size=size,
-            duration=float(duration) if isinstance(duration, (int, float)) else None,
-            mimeType=str(manifest.get("mimeType", "")),
-            created=str(created) if created else _modified(folder / MANIFEST),
-            session=None,
-            state=state,
-            room=str(manifest.get("room", "")),
-            participants=participants if isinstance(participants, list) else [],
-            files=files,
-        )
+            if room_file_name(path.name) and path.is_file()
+        }
+        manifest = parse_manifest((folder / MANIFEST).read_bytes())
+        return room_entry(name, manifest, files, _modified(folder / MANIFEST), live)
 
     async def _probe(self, path: Path, size: int, mtime: float) -> float | None:
         key = (path.name, size, mtime)
@@ -325,6 +296,50 @@ class RecordingStore:
         path = self.path(name)
         path.unlink()
         (self.folder / f"{name}.json").unlink(missing_ok=True)
+
+
+def room_file_name(file: str) -> bool:
+    """Whether ``file`` can be a file of a room recording (never a path, nor hidden)."""
+    return bool(_NAME.fullmatch(file)) and Path(file).suffix in FILE_TYPES
+
+
+def parse_manifest(raw: bytes) -> dict[str, object]:
+    """A room recording's manifest, or ``{}`` if it cannot be read."""
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def room_entry(
+    name: str,
+    manifest: Mapping[str, object],
+    files: Mapping[str, int],
+    modified: str,
+    live: Mapping[str, float],
+) -> RecordingInfo:
+    """The listing's entry of room recording ``name``: what its manifest says, and its
+    ``files`` with their sizes (``modified``: when, if the manifest does not say)."""
+    created = manifest.get("started")
+    duration = live.get(name, manifest.get("duration"))
+    if name in live:
+        state = "recording"
+    else:
+        state = "complete" if manifest.get("state") == "finalized" else "unknown"
+    participants = manifest.get("participants")
+    return RecordingInfo(
+        name=name,
+        size=sum(files.values()),
+        duration=float(duration) if isinstance(duration, (int, float)) else None,
+        mimeType=str(manifest.get("mimeType", "")),
+        created=str(created) if created else modified,
+        session=None,
+        state=state,
+        room=str(manifest.get("room", "")),
+        participants=participants if isinstance(participants, list) else [],
+        files=sorted(files),
+    )
 
 
 def _fresh(prefix: str, reserve: Callable[[str], bool]) -> str:
@@ -400,11 +415,33 @@ class BucketRecordings:
                 for key, item in objects.items()
                 if valid_name(key)
             ]
+            entries += await self._rooms(bucket, objects, live or {})
         except StoreError as exc:
             raise StoreUnavailable(f"the object store did not answer: {exc}") from None
         stored = {entry.name for entry in entries}
         entries += [entry for entry in await self.spool.list(live) if entry.name not in stored]
         entries.sort(key=lambda entry: entry.created, reverse=True)
+        return entries
+
+    async def _rooms(
+        self, bucket: Bucket, objects: Mapping[str, StoredObject], live: Mapping[str, float]
+    ) -> Sequence[RecordingInfo]:
+        """The room recordings in the bucket: folders whose manifest is there (uploaded
+        once the recording is final)."""
+        folders: dict[str, dict[str, int]] = {}
+        for key, item in objects.items():
+            folder, _, file = key.partition("/")
+            if ROOM_FOLDER.fullmatch(folder) and room_file_name(file):
+                folders.setdefault(folder, {})[file] = item.size
+        entries: list[RecordingInfo] = []
+        for folder, files in folders.items():
+            if MANIFEST not in files:
+                continue
+            key = f"{folder}/{MANIFEST}"
+            if key not in self._sidecars:
+                self._sidecars[key] = parse_manifest(await bucket.read(key))
+            modified = objects[key].modified
+            entries.append(room_entry(folder, self._sidecars[key], files, modified, live))
         return entries
 
     async def _sidecar(self, bucket: Bucket, name: str) -> dict[str, object]:
@@ -436,12 +473,22 @@ class BucketRecordings:
         return await serve_range(request, bucket, name, size, served_type(name, meta))
 
     async def respond_file(self, request: web.Request, name: str, file: str) -> web.StreamResponse:
-        """Room recordings are kept in the spool (they are not uploaded)."""
-        return await self.spool.respond_file(request, name, file)
+        """A file of a room recording: from the bucket once uploaded, else the spool's."""
+        if not ROOM_FOLDER.fullmatch(name) or not room_file_name(file):
+            raise UnknownRecording(f"{name}/{file}")
+        bucket = self._open_bucket()
+        key = f"{name}/{file}"
+        try:
+            size = await bucket.size(key)
+        except StoreError as exc:
+            raise StoreUnavailable(f"the object store did not answer: {exc}") from None
+        if size is None:
+            return await self.spool.respond_file(request, name, file)
+        return await serve_range(request, bucket, key, size, FILE_TYPES[Path(file).suffix])
 
     async def delete(self, name: str) -> None:
         if not valid_name(name):
-            await self.spool.delete(name)  # a room recording (kept in the spool), or nothing
+            await self._delete_room(name)
             return
         if self._busy(name):
             raise RecordingBusy(f"{name} is being uploaded")
@@ -458,6 +505,27 @@ class BucketRecordings:
             await self.spool.delete(name)
         except UnknownRecording:
             if not found:
+                raise
+        (self.spool.folder / ".uploads" / f"{name}.json").unlink(missing_ok=True)
+
+    async def _delete_room(self, name: str) -> None:
+        """Remove a room recording's folder: its objects, and the spool's copy if any."""
+        if not ROOM_FOLDER.fullmatch(name):
+            raise UnknownRecording(name)
+        if self._busy(name):
+            raise RecordingBusy(f"{name} is being uploaded")
+        bucket = self._open_bucket()
+        try:
+            keys = [item.key for item in await bucket.list() if item.key.startswith(f"{name}/")]
+            for key in sorted(keys, key=lambda key: key.endswith(f"/{MANIFEST}")):
+                await bucket.delete(key)  # the manifest last: the listing shows it until then
+        except StoreError as exc:
+            raise StoreUnavailable(f"the object store did not answer: {exc}") from None
+        self._sidecars.pop(f"{name}/{MANIFEST}", None)
+        try:
+            await self.spool.delete(name)
+        except UnknownRecording:
+            if not keys:
                 raise
         (self.spool.folder / ".uploads" / f"{name}.json").unlink(missing_ok=True)
 

@@ -34,6 +34,7 @@ from ..receive import hooks
 from ..room import RoomBlobEvent, RoomRecorder
 from .api import ApiError, call_method, control_socket
 from .channel import EventChannel
+from .notices import Notices
 from .recordings import RecordingStore, utc_now
 from .sessions import Session, SessionManager, log
 from .settings import Settings
@@ -98,11 +99,13 @@ class Member:
 class Room:
     """One room: its participants, its events channel and its recording."""
 
-    def __init__(self, name: str, store: RecordingStore, settings: Settings) -> None:
+    def __init__(
+        self, name: str, store: RecordingStore, settings: Settings, notices: Notices
+    ) -> None:
         self.name = name
         self.created = utc_now().isoformat()
         self.members: dict[str, Member] = {}
-        self.events = EventChannel()
+        self.events = EventChannel(functools.partial(notices.from_room, name))
         self.recorder: RoomRecorder | None = None
         self.recording: str | None = None
         self.on_over: Callable[[Room], None] = lambda room: None
@@ -303,6 +306,7 @@ class RoomRegistry:
         self.settings = settings
         self.store = store
         self.rooms: dict[str, Room] = {}
+        self.notices = sessions.notices
         self._of_session: dict[str, Room] = {}
         sessions.on_closed.append(self._session_closed)
 
@@ -340,7 +344,8 @@ class RoomRegistry:
             raise
         room = self.rooms.get(request.room)
         if room is None:
-            room = self.rooms[request.room] = Room(request.room, self.store, self.settings)
+            room = Room(request.room, self.store, self.settings, self.notices)
+            self.rooms[request.room] = room
             room.on_over = self._over
         room.join(session, request.name)
         self._of_session[session.id] = room

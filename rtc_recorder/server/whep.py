@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -65,6 +67,12 @@ class Subscriptions:
         key = (session.id, subscription.id)
         self.subscriptions[key] = subscription
         subscription.on_end(lambda ended: self._forget(key))
+        # A subscriber that never connects (it never took the answer) is let go, as a
+        # session that never connects is.
+        expiry = asyncio.get_running_loop().call_later(
+            self.settings.idle_timeout, self._expire, subscription
+        )
+        subscription.on_end(lambda ended: expiry.cancel())
         log("subscription", session=session.id, subscription=subscription.id)
         return subscription, pc.localDescription.sdp
 
@@ -101,6 +109,16 @@ class Subscriptions:
     def _forget(self, key: tuple[str, str]) -> None:
         self.subscriptions.pop(key, None)
 
+    def _expire(self, subscription: Subscription) -> None:
+        if subscription.pc.connectionState != "connected":
+            log("subscription idle", subscription=subscription.id)
+            self._spawn(subscription.close())
+
+    def _spawn(self, closing: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def unsubscribe(self, session: str, subscription: str) -> None:
         """End a subscription; :class:`ApiError` 404 for one that is not (or no longer)."""
         found = self.subscriptions.get((session, subscription))
@@ -120,9 +138,7 @@ class Subscriptions:
         """The publisher has gone: its subscriptions end."""
         forwarder = self.forwarders.pop(session.id, None)
         if forwarder is not None:
-            task = asyncio.ensure_future(forwarder.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._spawn(forwarder.close())
 
 
 # -- the routes -------------------------------------------------------------------------
