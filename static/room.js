@@ -151,12 +151,10 @@
 
   // The room's recording as GET /api/rooms/{room} or a command's answer tells it.
   function applyRecording(info) {
-    const current = info.recording && typeof info.recording === "object" ? info.recording : info;
-    const state = current.state || current.recorderState || info.recorderState || "inactive";
+    const state = info.state || info.recorderState;
     app.recorder = state in STATE_LABELS ? state : "inactive";
-    const name = typeof info.recording === "string" ? info.recording : current.name;
-    if (name) app.recording = name;
-    const seconds = current.recordedSeconds ?? info.recordedSeconds;
+    if (info.recording) app.recording = info.recording;
+    const seconds = info.recordedSeconds;
     if (typeof seconds === "number") clock.set(seconds, app.recorder === "recording");
     else if (app.recorder === "inactive") clock.set(clock.seconds(), false);
     render();
@@ -563,8 +561,6 @@
       `/recordings/${encodeURIComponent(name)}/${encodeURIComponent(file)}${download ? "?download=1" : ""}`,
     );
 
-  const fileName = (file) => (typeof file === "string" ? file : file && file.name);
-
   function roomItem(entry) {
     const item = element("li", "room-rec");
     item.dataset.testid = "room-recording";
@@ -583,14 +579,13 @@
     const people = element("ul", "rec-people");
     people.setAttribute("aria-label", `Participants of ${entry.name}`);
     for (const person of entry.participants || []) {
-      const label = typeof person === "string" ? person : person.name || person.session;
-      const li = element("li", "rec-person", label);
+      const li = element("li", "rec-person", person.name || person.session);
       li.dataset.testid = "recording-participant";
       people.append(li);
     }
 
-    const files = (entry.files || []).map(fileName).filter(Boolean);
-    const mix = entry.mix || files.find((file) => file.startsWith("mix."));
+    const files = entry.files || [];
+    const mix = files.find((file) => file.startsWith("mix."));
     item.append(head, people);
     if (mix && !live) {
       const audio = element("audio", "rec-mix");
