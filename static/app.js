@@ -4,14 +4,36 @@
 "use strict";
 
 (() => {
-  const TOKEN_KEY = "rtc-recorder.token";
   const TIMESLICES = [250, 500, 1000, 2000, 5000];
   const CONNECT_TIMEOUT_MS = 20000;
-  const ICE_GATHERING_TIMEOUT_MS = 5000;
   const ECHO_TIMEOUT_MS = { start: 3000, pause: 3000, resume: 3000, stop: 15000 };
   const CLOCK_POLL_MS = 2000;
 
-  const $ = (id) => document.getElementById(id);
+  const {
+    $,
+    auth,
+    withToken,
+    sentence,
+    formatDuration,
+    formatSize,
+    formatCreated,
+    mimeLabel,
+    isAudioOnly,
+    element,
+    showMessage,
+    clearMessage,
+    ApiError,
+    describe,
+    api,
+    postOffer,
+    hangUpQuietly,
+    hangUpSession,
+    recordingsRefresher,
+    iceGathered,
+    getCameraAndMicrophone,
+    createMeter,
+    createClock,
+  } = window.rtcShared;
   const ui = {
     connect: $("connect"),
     start: $("start"),
@@ -37,9 +59,6 @@
     error: $("error"),
     errorText: $("error-text"),
     errorClose: $("error-close"),
-    tokenForm: $("token-form"),
-    tokenInput: $("token"),
-    tokenHelp: $("token-help"),
     recordings: $("recordings"),
     recordingsEmpty: $("recordings-empty"),
     refresh: $("refresh"),
@@ -57,7 +76,6 @@
 
   const app = {
     config: null,
-    token: readToken(),
     link: "idle", // idle | connecting | connected | closing
     generation: 0, // bumped at every teardown: late answers of an old session are dropped
     session: null,
@@ -77,249 +95,9 @@
 
   // -- small helpers --------------------------------------------------------------------
 
-  function readToken() {
-    try {
-      return localStorage.getItem(TOKEN_KEY) || "";
-    } catch {
-      return "";
-    }
-  }
-
-  function saveToken(token) {
-    app.token = token;
-    try {
-      if (token) localStorage.setItem(TOKEN_KEY, token);
-      else localStorage.removeItem(TOKEN_KEY);
-    } catch {
-      // Storage can be unavailable (private modes): the token then lasts for this page.
-    }
-  }
-
-  function withToken(path) {
-    if (!app.token) return path;
-    const url = new URL(path, location.href);
-    url.searchParams.set("token", app.token);
-    return url.pathname + url.search;
-  }
-
-  function sentence(text) {
-    const trimmed = String(text || "").trim();
-    if (!trimmed) return "";
-    const first = trimmed[0].toUpperCase() + trimmed.slice(1);
-    return /[.!?…]$/.test(first) ? first : first + ".";
-  }
-
-  function pad(number, width = 2) {
-    return String(number).padStart(width, "0");
-  }
-
-  function formatClock(seconds) {
-    const tenths = Math.floor(Math.max(0, seconds) * 10 + 1e-6);
-    const whole = Math.floor(tenths / 10);
-    const hours = Math.floor(whole / 3600);
-    const minutes = Math.floor((whole % 3600) / 60);
-    const secs = whole % 60;
-    const head = hours ? `${hours}:${pad(minutes)}` : pad(minutes);
-    return `${head}:${pad(secs)}.${tenths % 10}`;
-  }
-
-  function formatDuration(seconds) {
-    if (typeof seconds !== "number" || !Number.isFinite(seconds)) return "—";
-    const whole = Math.round(seconds);
-    const hours = Math.floor(whole / 3600);
-    const minutes = Math.floor((whole % 3600) / 60);
-    const secs = whole % 60;
-    return hours ? `${hours}:${pad(minutes)}:${pad(secs)}` : `${minutes}:${pad(secs)}`;
-  }
-
-  function formatSize(bytes) {
-    if (typeof bytes !== "number" || bytes < 0) return "—";
-    if (bytes < 1024) return `${bytes} B`;
-    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(bytes < 10240 ? 1 : 0)} KB`;
-    if (bytes < 1024 ** 3) return `${(bytes / 1024 ** 2).toFixed(1)} MB`;
-    return `${(bytes / 1024 ** 3).toFixed(2)} GB`;
-  }
-
-  function formatCreated(iso) {
-    const date = new Date(iso);
-    if (Number.isNaN(date.getTime())) return "Unknown date";
-    return date.toLocaleString(undefined, {
-      year: "numeric",
-      month: "short",
-      day: "numeric",
-      hour: "2-digit",
-      minute: "2-digit",
-      second: "2-digit",
-    });
-  }
-
-  const CONTAINERS = {
-    "video/webm": "WebM",
-    "audio/webm": "WebM audio",
-    "video/x-matroska": "Matroska",
-    "audio/x-matroska": "Matroska audio",
-    "video/mp4": "MP4",
-    "audio/mp4": "MP4 audio",
-    "audio/ogg": "Ogg audio",
-    "audio/wav": "WAV audio",
-  };
-  const CODECS = {
-    vp8: "VP8",
-    vp9: "VP9",
-    av1: "AV1",
-    avc1: "H.264",
-    h264: "H.264",
-    opus: "Opus",
-    "mp4a.40.2": "AAC",
-    aac: "AAC",
-    pcm: "PCM",
-  };
-
-  function parseMime(type) {
-    const [base, ...params] = String(type || "").split(";");
-    const codecs = [];
-    for (const param of params) {
-      const [key, value] = param.split("=");
-      if (key && value && key.trim().toLowerCase() === "codecs") {
-        for (const codec of value.replace(/"/g, "").split(",")) {
-          if (codec.trim()) codecs.push(codec.trim().toLowerCase());
-        }
-      }
-    }
-    return { base: base.trim().toLowerCase(), codecs };
-  }
-
-  function mimeLabel(type) {
-    const { base, codecs } = parseMime(type);
-    const name = CONTAINERS[base] || base || "Unknown type";
-    if (!codecs.length) return base === "audio/wav" ? `${name} · PCM` : name;
-    return `${name} · ${codecs.map((c) => CODECS[c] || c).join(" + ")}`;
-  }
-
-  const isAudioOnly = (type) => parseMime(type).base.startsWith("audio/");
-
   function timesliceLabel(ms) {
     return ms < 1000 ? `${ms} ms` : `${+(ms / 1000).toFixed(2)} s`;
   }
-
-  // -- messages -------------------------------------------------------------------------
-
-  // `keep`: a message already shown stays (it usually says more than this one).
-  function showMessage(text, kind = "error", { keep = false } = {}) {
-    if (keep && !ui.error.hidden) return;
-    ui.errorText.textContent = text;
-    ui.error.dataset.kind = kind;
-    ui.error.hidden = false;
-  }
-
-  function clearMessage() {
-    ui.error.hidden = true;
-    ui.errorText.textContent = "";
-  }
-
-  class ApiError extends Error {
-    constructor(status, name, message) {
-      super(message);
-      this.status = status;
-      this.name = name;
-    }
-  }
-
-  // What went wrong, in words a person can act on. `action` says what was being done.
-  function describe(error, action) {
-    if (error instanceof ApiError) {
-      if (error.status === 0) {
-        return "The server could not be reached. Check that it is running, then try again.";
-      }
-      if (error.status === 401) {
-        return "The server needs a valid access token. Enter it above, then try again.";
-      }
-      if (error.status >= 500) {
-        return `${action}: the server had a problem (${sentence(error.message)})`;
-      }
-      return `${action}: ${sentence(error.message)}`;
-    }
-    const name = error && error.name;
-    if (name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError") {
-      return "Camera or microphone permission was denied. Allow access to both in the browser's site settings, then connect again.";
-    }
-    if (name === "NotFoundError" || name === "OverconstrainedError") {
-      return "No camera or microphone was found. Plug one in, then connect again.";
-    }
-    if (name === "NotReadableError" || name === "AbortError") {
-      return "The camera or microphone could not be started. Another application may be using it.";
-    }
-    if (name === "InsecureContext") {
-      return "This page can only use the camera over HTTPS or from localhost.";
-    }
-    if (name === "NoWebRTC") {
-      return "This browser cannot send media to the server (WebRTC is not available).";
-    }
-    return `${action}: ${sentence((error && error.message) || "something went wrong")}`;
-  }
-
-  // -- the server's API -----------------------------------------------------------------
-
-  async function api(path, { method = "GET", body, keepalive = false } = {}) {
-    const headers = {};
-    if (app.token) headers.Authorization = `Bearer ${app.token}`;
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    let response;
-    try {
-      response = await fetch(path, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        cache: "no-store",
-        keepalive,
-      });
-    } catch {
-      throw new ApiError(0, "NetworkError", "The server could not be reached.");
-    }
-    let data = null;
-    try {
-      const text = await response.text();
-      data = text ? JSON.parse(text) : null;
-    } catch {
-      data = null;
-    }
-    if (response.status === 401) {
-      askForToken();
-      throw new ApiError(401, "NotAllowedError", "A valid access token is required.");
-    }
-    if (!response.ok) {
-      const message =
-        (data && data.message) || `the server answered ${response.status} ${response.statusText}`;
-      throw new ApiError(response.status, (data && data.error) || "UnknownError", message);
-    }
-    return data;
-  }
-
-  // -- access token ---------------------------------------------------------------------
-
-  function askForToken() {
-    const hadToken = Boolean(app.token);
-    if (hadToken) saveToken("");
-    ui.tokenHelp.textContent = hadToken
-      ? "The saved token was not accepted. Enter the current one; it stays in this browser only."
-      : "Enter the token the server was started with. It stays in this browser only.";
-    if (ui.tokenForm.hidden) {
-      ui.tokenForm.hidden = false;
-      ui.tokenInput.value = "";
-      ui.tokenInput.focus();
-    }
-  }
-
-  ui.tokenForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const token = ui.tokenInput.value.trim();
-    if (!token) return;
-    saveToken(token);
-    ui.tokenForm.hidden = true;
-    ui.tokenInput.value = "";
-    clearMessage();
-    loadEverything();
-  });
 
   // -- configuration --------------------------------------------------------------------
 
@@ -420,31 +198,9 @@
   }
 
   // -- the recorded-time clock ----------------------------------------------------------
-  // Seconds recorded before `since`, plus the time since then while recording. Command
-  // answers and a slow poll replace it with the server's recordedSeconds.
+  // Command answers and a slow poll set it to the server's recordedSeconds.
 
-  const clock = { base: 0, since: null };
-
-  function setClock(seconds, running) {
-    clock.base = Math.max(0, Number(seconds) || 0);
-    clock.since = running ? performance.now() : null;
-    drawClock();
-  }
-
-  function clockSeconds() {
-    return clock.base + (clock.since === null ? 0 : (performance.now() - clock.since) / 1000);
-  }
-
-  function drawClock() {
-    const seconds = clockSeconds();
-    const text = formatClock(seconds);
-    if (ui.elapsed.textContent !== text) ui.elapsed.textContent = text;
-    ui.elapsed.dataset.seconds = seconds.toFixed(2);
-  }
-
-  setInterval(() => {
-    if (clock.since !== null) drawClock();
-  }, 50);
+  const clock = createClock(ui.elapsed);
 
   function startPolling() {
     stopPolling();
@@ -469,8 +225,8 @@
     const settled = app.busy === null && app.pendingEcho === null;
     if (generation !== app.generation || !settled) return;
     if (session.recorderState === app.recorder && session.recording === app.recording) {
-      if (Math.abs(session.recordedSeconds - clockSeconds()) > 0.05) {
-        setClock(session.recordedSeconds, app.recorder === "recording");
+      if (Math.abs(session.recordedSeconds - clock.seconds()) > 0.05) {
+        clock.set(session.recordedSeconds, app.recorder === "recording");
       }
     }
   }
@@ -480,7 +236,7 @@
   function applySession(session) {
     app.recorder = session.recorderState || "inactive";
     app.recording = session.recording || null;
-    setClock(session.recordedSeconds || 0, app.recorder === "recording");
+    clock.set(session.recordedSeconds || 0, app.recorder === "recording");
     render();
   }
 
@@ -630,15 +386,15 @@
     const isNew = type === "start" && Boolean(message.name) && message.name !== app.recording;
     if (!isNew && app.recording && message.name !== app.recording) return;
     if (typeof message.state !== "string") return;
-    const wasRunning = clock.since !== null;
+    const wasRunning = clock.running();
     if (isNew) {
       app.recording = message.name;
       app.written = 0;
     }
     app.recorder = message.state;
     const running = app.recorder === "recording";
-    if (isNew) setClock(0, running);
-    else if (running !== wasRunning) setClock(clockSeconds(), running);
+    if (isNew) clock.set(0, running);
+    else if (running !== wasRunning) clock.set(clock.seconds(), running);
     render();
     // The final recorded time (a stop can come from the server: a limit, an error).
     if (type === "stop") resync();
@@ -656,7 +412,7 @@
   function openEvents(id) {
     const url = new URL(`/api/sessions/${encodeURIComponent(id)}/events`, location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-    if (app.token) url.searchParams.set("token", app.token);
+    if (auth.token) url.searchParams.set("token", auth.token);
     const socket = new WebSocket(url);
     app.socket = socket;
     socket.addEventListener("message", (event) => {
@@ -679,32 +435,6 @@
   }
 
   // -- connecting and hanging up --------------------------------------------------------
-
-  function iceGathered(pc) {
-    if (pc.iceGatheringState === "complete") return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        pc.removeEventListener("icegatheringstatechange", check);
-        resolve();
-      };
-      const check = () => {
-        if (pc.iceGatheringState === "complete") done();
-      };
-      const timer = setTimeout(done, ICE_GATHERING_TIMEOUT_MS);
-      pc.addEventListener("icegatheringstatechange", check);
-    });
-  }
-
-  async function getCameraAndMicrophone() {
-    if (!window.isSecureContext || !navigator.mediaDevices) {
-      throw Object.assign(new Error("insecure context"), { name: "InsecureContext" });
-    }
-    return navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true },
-      video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
-    });
-  }
 
   async function connect() {
     if (app.link !== "idle") return;
@@ -745,7 +475,13 @@
       const body = { sdp: pc.localDescription.sdp, type: "offer" };
       if (ui.mimeType.value) body.mimeType = ui.mimeType.value;
       if (Number(ui.timeslice.value) > 0) body.timeslice = Number(ui.timeslice.value);
-      const answer = await api("/offer", { method: "POST", body });
+      const answer = await postOffer(
+        body,
+        () => generation === app.generation,
+        (seconds) => {
+          ui.linkText.textContent = `The server is busy: connecting in ${seconds} s…`;
+        },
+      );
       if (generation !== app.generation) {
         hangUpQuietly(answer.session);
         return;
@@ -767,24 +503,14 @@
     }
   }
 
-  function hangUpQuietly(session) {
-    api(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE", keepalive: true }).catch(
-      () => {},
-    );
-  }
-
   async function hangUp() {
     if (app.link !== "connected") return;
     const id = app.session;
     const generation = app.generation;
     setLink("closing");
-    try {
-      await api(`/api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
-    } catch (error) {
-      const gone = error instanceof ApiError && (error.status === 404 || error.status === 0);
-      if (generation === app.generation && !gone) {
-        showMessage(describe(error, "The server was not told about the hang-up"));
-      }
+    const failure = await hangUpSession(id);
+    if (failure && generation === app.generation) {
+      showMessage(describe(failure, "The server was not told about the hang-up"));
     }
     if (generation === app.generation) teardown();
     refreshRecordings();
@@ -821,7 +547,7 @@
     app.recorder = "inactive";
     app.busy = null;
     app.written = 0;
-    setClock(0, false);
+    clock.set(0, false);
     setLink("idle");
   }
 
@@ -829,141 +555,12 @@
     if (app.session) hangUpQuietly(app.session);
   });
 
-  // -- microphone level -----------------------------------------------------------------
-
-  const meter = (() => {
-    const canvas = ui.meter;
-    const context = canvas.getContext("2d");
-    const SEGMENTS = 32;
-    let audio = null; // { ctx, analyser, samples }
-    let level = 0;
-    let peak = 0;
-    let peakAt = 0;
-    let reported = -1;
-    let reportedAt = 0;
-    let frame = null;
-
-    function start(stream) {
-      stop();
-      const Context = window.AudioContext || window.webkitAudioContext;
-      if (!Context || stream.getAudioTracks().length === 0) return;
-      const ctx = new Context();
-      const source = ctx.createMediaStreamSource(stream);
-      const analyser = ctx.createAnalyser();
-      analyser.fftSize = 1024;
-      source.connect(analyser);
-      audio = { ctx, analyser, samples: new Float32Array(analyser.fftSize) };
-      if (ctx.state === "suspended") ctx.resume().catch(() => {});
-      frame = requestAnimationFrame(tick);
-    }
-
-    function stop() {
-      if (frame !== null) cancelAnimationFrame(frame);
-      frame = null;
-      if (audio) audio.ctx.close().catch(() => {});
-      audio = null;
-      level = 0;
-      peak = 0;
-      report(0, true);
-      draw();
-    }
-
-    // Loudness on a -60..0 dBFS scale, as 0..1.
-    function measure() {
-      audio.analyser.getFloatTimeDomainData(audio.samples);
-      let sum = 0;
-      for (const sample of audio.samples) sum += sample * sample;
-      const rms = Math.sqrt(sum / audio.samples.length);
-      const db = rms > 0 ? 20 * Math.log10(rms) : -Infinity;
-      return Math.min(1, Math.max(0, (db + 60) / 60));
-    }
-
-    function report(value, force) {
-      const now = performance.now();
-      if (!force && now - reportedAt < 100) return;
-      const rounded = Math.round(value * 100) / 100;
-      if (rounded !== reported) canvas.dataset.level = String(rounded);
-      reported = rounded;
-      reportedAt = now;
-    }
-
-    function tick(now) {
-      frame = requestAnimationFrame(tick);
-      const value = measure();
-      level = Math.max(value, level - 0.02); // fast attack, slow release
-      if (value >= peak || now - peakAt > 1200) {
-        peak = value;
-        peakAt = now;
-      }
-      report(level);
-      draw();
-    }
-
-    function fit() {
-      const ratio = window.devicePixelRatio || 1;
-      const width = Math.max(1, Math.round(canvas.clientWidth * ratio));
-      const height = Math.max(1, Math.round(canvas.clientHeight * ratio));
-      if (canvas.width !== width || canvas.height !== height) {
-        canvas.width = width;
-        canvas.height = height;
-      }
-    }
-
-    function draw() {
-      fit();
-      const { width, height } = canvas;
-      const styles = getComputedStyle(canvas);
-      const off = styles.getPropertyValue("--meter-off").trim() || "#2a3040";
-      const colors = [
-        styles.getPropertyValue("--meter-low").trim() || "#3ecf8e",
-        styles.getPropertyValue("--meter-mid").trim() || "#f5b342",
-        styles.getPropertyValue("--meter-high").trim() || "#ff5a5f",
-      ];
-      context.clearRect(0, 0, width, height);
-      const gap = Math.max(2, Math.round(width / 250));
-      const segment = (width - gap * (SEGMENTS - 1)) / SEGMENTS;
-      const lit = Math.round(level * SEGMENTS);
-      const peakSegment = Math.min(SEGMENTS - 1, Math.round(peak * SEGMENTS) - 1);
-      for (let index = 0; index < SEGMENTS; index += 1) {
-        const share = (index + 1) / SEGMENTS;
-        const color = share > 0.9 ? colors[2] : share > 0.72 ? colors[1] : colors[0];
-        context.fillStyle = index < lit || (audio && index === peakSegment) ? color : off;
-        const x = Math.round(index * (segment + gap));
-        context.fillRect(x, 0, Math.max(1, Math.round(segment)), height);
-      }
-    }
-
-    window.addEventListener("resize", draw);
-    return { start, stop, draw };
-  })();
+  const meter = createMeter(ui.meter);
+  window.addEventListener("resize", meter.draw);
 
   // -- recordings -----------------------------------------------------------------------
 
-  let refreshing = null;
-  let refreshAgain = false;
-
-  function refreshRecordings() {
-    if (refreshing) {
-      refreshAgain = true;
-      return refreshing;
-    }
-    refreshing = (async () => {
-      do {
-        refreshAgain = false;
-        try {
-          renderRecordings(await api("/api/recordings"));
-        } catch (error) {
-          if (!(error instanceof ApiError && error.status === 401)) {
-            showMessage(describe(error, "Could not list the recordings"), "error", {
-              keep: true,
-            });
-          }
-        }
-      } while (refreshAgain);
-      refreshing = null;
-    })();
-    return refreshing;
-  }
+  const refreshRecordings = recordingsRefresher(renderRecordings);
 
   const STATE_BADGES = {
     recording: "Recording",
@@ -978,13 +575,6 @@
     ui.recordings.replaceChildren(...items);
     ui.recordingsEmpty.hidden = entries.length > 0;
     if (app.playing && !entries.some((entry) => entry.name === app.playing)) clearPlayer();
-  }
-
-  function element(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
   }
 
   function recordingItem(entry) {
@@ -1143,6 +733,7 @@
   });
   ui.errorClose.addEventListener("click", clearMessage);
 
+  auth.onSaved = loadEverything;
   render();
   meter.draw();
   loadEverything();

@@ -11,102 +11,29 @@ from __future__ import annotations
 import asyncio
 import re
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import av
-import pytest
-from aiohttp import web
-from playwright.async_api import Browser, Page, expect
-
-from rtc_recorder.server.app import create_app
-from rtc_recorder.server.settings import Settings
+from playwright.async_api import Page, expect
 
 from .chromium import (
     BUTTONS,
-    TIMEOUT_MS,
     click,
     click_timed,
     connect,
     expect_buttons,
     expect_state,
-    launched_chromium,
     recorded_seconds,
     wait_recorded,
 )
+from .page_support import ARTIFACTS, Server, browser, page, serve
 
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "artifacts"
+__all__ = ["browser", "page", "serve"]  # fixtures the tests take
+
 TOKEN_KEY = "rtc-recorder.token"
-
-
-# -- fixtures -------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    runner: web.AppRunner
-    url: str
-    folder: Path
-    token: str | None = None
-    running: bool = True
-
-    async def stop(self) -> None:
-        if self.running:
-            self.running = False
-            await self.runner.cleanup()
-
-    async def api(self, method: str, path: str) -> Any:
-        """A JSON answer of the API, asked from outside the page (as another client)."""
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        async with (
-            aiohttp.ClientSession() as client,
-            client.request(method, self.url + path, headers=headers) as response,
-        ):
-            return await response.json()
-
-
-@pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    """Starts servers on free ports (recordings in ``tmp_path``); all stopped at the end."""
-    servers: list[Server] = []
-
-    async def start(**settings: Any) -> Server:
-        folder = tmp_path / f"recordings-{len(servers)}"
-        runner = web.AppRunner(create_app(Settings(recordings=folder, **settings)))
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port = runner.addresses[0][1]
-        server = Server(runner, f"http://127.0.0.1:{port}", folder, settings.get("token"))
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with launched_chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh page; an uncaught JavaScript error fails the test."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-    page = await context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    await context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -39,17 +39,20 @@ class MediaSpec:
     loop_seconds: int = 10
     video_bitrate: int = 2_000_000
     audio_bitrate: int = 48_000
+    keyframe_seconds: int = 1  # seconds between forced keyframes
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
             raise ValueError("width and height must be even and at least 16")
         if not 1 <= self.fps <= 120:
             raise ValueError("fps must be between 1 and 120")
+        if not 1 <= self.keyframe_seconds <= self.loop_seconds:
+            raise ValueError("keyframes must come at least once a loop")
 
     @property
     def keyframe_interval(self) -> int:
-        """Frames between forced keyframes: one second."""
-        return self.fps
+        """Frames between forced keyframes (one second unless the spec says otherwise)."""
+        return self.fps * self.keyframe_seconds
 
     @property
     def video_frames(self) -> int:
@@ -60,9 +63,11 @@ class MediaSpec:
         return self.loop_seconds * AUDIO_RATE // AUDIO_PACKET_SAMPLES
 
     def cache_name(self) -> str:
+        keyframes = "" if self.keyframe_seconds == 1 else f"-key{self.keyframe_seconds}s"
         return (
             f"media-{self.width}x{self.height}-{self.fps}fps-{self.loop_seconds}s"
-            f"-{self.video_bitrate // 1000}k-{self.audio_bitrate // 1000}k-v{FORMAT_VERSION}.npz"
+            f"-{self.video_bitrate // 1000}k-{self.audio_bitrate // 1000}k{keyframes}"
+            f"-v{FORMAT_VERSION}.npz"
         )
 
     def _meta(self) -> np.ndarray:
@@ -75,6 +80,7 @@ class MediaSpec:
                 self.loop_seconds,
                 self.video_bitrate,
                 self.audio_bitrate,
+                self.keyframe_seconds,
             ],
             dtype=np.int64,
         )

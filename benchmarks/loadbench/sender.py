@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import fractions
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -205,14 +205,17 @@ def _prefer(pc: RTCPeerConnection) -> None:
         transceiver.setCodecPreferences([c for c in codecs if c.mimeType.lower() in wanted])
 
 
-async def _open_session(
+async def open_session(
     number: int,
     media: EncodedLoop,
     gate: Gate,
     http: aiohttp.ClientSession,
     url: str,
     sessions: dict[int, Session],
+    fields: Mapping[str, Any] | None = None,
 ) -> None:
+    """Publish the loop as session ``number`` through ``POST url`` (``fields`` added to the
+    offer's JSON: a room to join, say), into ``sessions``; returns once connected."""
     pc = RTCPeerConnection(rtc_configuration())
     clock = SessionClock()
     fps = media.spec.fps
@@ -247,7 +250,12 @@ async def _open_session(
     pc.addTrack(audio)
     _prefer(pc)
     await pc.setLocalDescription(await pc.createOffer())
-    offer = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": number}
+    offer = {
+        "sdp": pc.localDescription.sdp,
+        "type": pc.localDescription.type,
+        "session": number,
+        **(fields or {}),
+    }
     async with http.post(url, json=offer) as response:
         if response.status != 200:
             retry_after = response.headers.get("Retry-After")
@@ -281,7 +289,7 @@ class Publisher:
 
     async def _offer(self, number: int, answers: dict[str, dict[str, Any]]) -> None:
         try:
-            await _open_session(
+            await open_session(
                 number, self.media, self.gate, self.http, self.config.offer_url, self.sessions
             )
         except Refused as refused:
