@@ -19,7 +19,7 @@ from ..mimetype import is_type_supported, supported_types
 from . import operations
 from .lifecycle import DRAIN
 from .notices import Notices
-from .operations import REGISTRY
+from .operations import READINESS, REGISTRY
 from .recordings import (
     BucketRecordings,
     RecordingBusy,
@@ -495,6 +495,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SESSIONS] = SessionManager(settings, store, app[NOTICES])
     operations.setup(app, settings, app[SESSIONS])
     app[RECORDINGS] = _events_out(app, settings, store)
+    if settings.redis is not None:
+        from . import cluster  # redis only for a node of a cluster
+
+        cluster.setup(app, settings, app[SESSIONS], app[NOTICES], app[READINESS], app[DRAIN])
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/offer", offer)
