@@ -460,3 +460,21 @@ async def test_workers_run_nodes_on_consecutive_ports_and_leave_on_sigterm(
         assert await registry.smembers("rtc-recorder:nodes") == set()
         for publisher in (first, other):
             await publisher.close()
+
+
+async def test_a_room_stays_on_the_node_that_holds_it_whatever_the_load(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        cluster(redis_server.url, tmp_path, 2, "--capacity", "3") as (a, b),
+        aiohttp.ClientSession() as http,
+    ):
+        async with aiohttp.ClientSession(a.base) as at_a, aiohttp.ClientSession(b.base) as at_b:
+            first = await publish(at_a, room="standup")
+            second = await publish(at_b, room="standup")  # b is emptier: the room wins
+            third = await publish(at_b)  # no room: the least-loaded node, b
+        listed = await sessions_by_id(http, b)
+        assert listed[first.session]["node"] == listed[second.session]["node"] == a.base
+        assert listed[third.session]["node"] == b.base
+        for publisher in (first, second, third):
+            await publisher.close()

@@ -353,16 +353,22 @@ class Cluster:
         if request.method == "GET" and route in CLUSTER_LISTS:
             return await self._gather(request, handler, CLUSTER_LISTS[route])
         placing = request.method == "POST" and route in PLACEMENT
+        room = await _room_joined(request) if placing else None
         try:
-            node = await (self._placement(request) if placing else self._holder(request))
+            node = await (self._placement(request, room) if placing else self._holder(request))
         except RedisError as exc:
             logger.warning("registry unreachable", extra={"fields": {"error": str(exc)}})
             node = self.me
-        if node == self.me:
-            return await handler(request)
-        if placing and PLACEMENT[str(route)] == "redirect":
-            return self._redirect(request, node)
-        return await self._proxy(request, node)
+        if node != self.me:
+            if placing and PLACEMENT[str(route)] == "redirect":
+                return self._redirect(request, node)
+            return await self._proxy(request, node)
+        response = await handler(request)
+        if room is not None and response.status < 300:
+            # before the answer: the room's next participant, at any node, comes here
+            with contextlib.suppress(RedisError):
+                await self.registry.claim("room", room)
+        return response
 
     async def _holder(self, request: web.Request) -> str:
         """The node holding what the route names (this one, if no other live one)."""
@@ -375,11 +381,10 @@ class Cluster:
                 return owner
         return self.me
 
-    async def _placement(self, request: web.Request) -> str:
+    async def _placement(self, request: web.Request, room: str | None) -> str:
         """The node a new session goes to: its room's, else this one if the request was
         placed here and there is room, else the least-loaded open one (this one, to answer
         503, if none is)."""
-        room = request.match_info.get("room")
         if room is not None:
             owner = await self.registry.owner("room", room)
             if owner is not None:
@@ -494,6 +499,19 @@ class Cluster:
         async with remote:
             await asyncio.gather(relay(local, remote), relay(remote, local))
         return local
+
+
+async def _room_joined(request: web.Request) -> str | None:
+    """The room a new session joins: the route's ``{room}``, or ``room`` of a JSON body."""
+    room = request.match_info.get("room")
+    if room is not None or request.content_type != "application/json":
+        return room
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return None  # the handler says what is wrong with it
+    value = body.get("room") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _canonical(request: web.Request) -> str | None:
