@@ -42,6 +42,12 @@ from loadbench.results import Results, add_output_options, exit_with
 from loadbench.server import ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
+DESCRIPTION = "The most sessions one process holds, against --workers N."
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+SETTLE_HELP = (
+    "seconds from the newest session recording to its window (its first second waits for "
+    "its sender's clock)"
+)
 FPS = 30  # the media loop's frame rate
 NO_ADMISSION = [
     "--admission-loop-lag=0",
@@ -49,6 +55,20 @@ NO_ADMISSION = [
     "--admission-cpu=0",
     "--admission-udp-drops=0",
 ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HELP_FORMAT)
+    add_output_options(parser, "keep the recordings in OUT", "table")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--max-sessions", type=int, default=40)
+    parser.add_argument("--window", type=float, default=6.0, help="seconds measured per count")
+    parser.add_argument("--settle", type=float, default=4.0, help=SETTLE_HELP)
+    parser.add_argument("--min-recorded-pct", type=float, default=99.0)
+    parser.add_argument("--max-lag-ms", type=float, default=20.0)
+    parser.add_argument("--sessions-per-sender", type=int, default=4)
+    parser.add_argument("--connect-timeout", type=float, default=30.0)
+    return parser.parse_args(argv)
 
 
 def _log(text: str) -> None:
@@ -216,29 +236,6 @@ def markdown(command: str, results: list[dict[str, Any]]) -> str:
         )
         lines.append(f"| {name} | {result['held']} | {at_held} | {beyond} |")
     return "\n".join(lines)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="The most sessions one process holds, against --workers N.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--max-sessions", type=int, default=40)
-    parser.add_argument("--window", type=float, default=6.0, help="seconds measured per count")
-    parser.add_argument(
-        "--settle",
-        type=float,
-        default=4.0,
-        help="seconds from the newest session recording to its window (its first second waits "
-        "for its sender's clock)",
-    )
-    parser.add_argument("--min-recorded-pct", type=float, default=99.0)
-    parser.add_argument("--max-lag-ms", type=float, default=20.0)
-    parser.add_argument("--sessions-per-sender", type=int, default=4)
-    parser.add_argument("--connect-timeout", type=float, default=30.0)
-    add_output_options(parser, "keep the recordings in OUT", "table")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,26 +36,21 @@ class RedisServer:
             raise RuntimeError("redis-server is missing: ./dev installs Debian's redis-server")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - the process holds it
+        options = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": str(self.folder),
+            "logfile": str(self.folder / "redis.log"),
+            "save": "",  # nothing kept: each run starts empty
+            "appendonly": "no",
+        }
+        command = [
+            binary,
+            *(part for name, value in options.items() for part in (f"--{name}", value)),
+        ]
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.folder),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        log.close()
         self._until_ready()
 
     def _until_ready(self) -> None:
@@ -79,12 +74,11 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        """Kill it (nothing of it is kept)."""
-        if self.process is None:
-            return
-        self.process.kill()
-        self.process.wait(10)
-        self.process = None
+        """Stop it (SIGTERM: with nothing to save, it exits at once; nothing is kept)."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
 
     def log(self) -> str:
         """What it logged."""
