@@ -27,6 +27,7 @@ from benchmarks.loadbench.object_store import WEBHOOK_SECRET, SeaweedFS
 from benchmarks.loadbench.redis_server import RedisServer
 from rtc_recorder.server.cluster import NodeInfo, choose
 from rtc_recorder.server.settings import Settings, parse
+from rtc_recorder.server.workers import worker_arguments
 
 from .media import ffmpeg_errors, wait_for
 from .server_support import Publisher, free_port, publish, publisher_pc, server_process
@@ -84,6 +85,19 @@ def test_cluster_flags_come_from_flags_and_environment_and_bad_ones_are_refused(
     ):
         with pytest.raises(ValueError, match=reason):
             Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_each_worker_has_its_port_and_with_object_storage_a_spool_of_its_own() -> None:
+    settings = parse(["--workers", "2", "--redis", "redis://h", "--port", "9000"])
+    assert worker_arguments(["--redis", "redis://h"], settings, 1) == [
+        *("--redis", "redis://h"),
+        *("--workers", "1", "--port", "9001"),
+    ]
+    bucket = parse(
+        ["--workers", "2", "--redis", "redis://h", "--storage", "s3://b", "--spool", "/s"]
+    )
+    assert worker_arguments([], bucket, 0)[-2:] == ["--spool", "/s/node-8080"]
+    assert worker_arguments([], bucket, 1)[-2:] == ["--spool", "/s/node-8081"]
 
 
 # -- real nodes ------------------------------------------------------------------------------
@@ -478,3 +492,21 @@ async def test_a_room_stays_on_the_node_that_holds_it_whatever_the_load(
         assert listed[third.session]["node"] == b.base
         for publisher in (first, second, third):
             await publisher.close()
+
+
+async def test_a_node_whose_redis_is_gone_answers_alone(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    async with (
+        cluster(redis_server.url, tmp_path, 1) as (alone,),
+        aiohttp.ClientSession() as http,
+    ):
+        redis_server.stop()
+        publisher, posted = await whip_publish(http, f"{alone.base}/whip")
+        assert posted == [f"{alone.base}/whip"]
+        listed = await sessions_by_id(http, alone)
+        assert listed[publisher.session]["node"] == alone.base
+        async with http.post(f"{alone.base}/api/sessions/{publisher.session}/start") as answer:
+            assert answer.status == 200, await answer.text()
+        await publisher.close()
+        assert alone.process.poll() is None

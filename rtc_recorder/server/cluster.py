@@ -45,6 +45,7 @@ logger = logging.getLogger("rtc_recorder.server")
 PREFIX = "rtc-recorder:"
 FORWARDED = "RTC-Recorder-Forwarded"  # on requests between nodes: answer them locally
 PLACED = "placed"  # query parameter of a placement's redirect: take it if there is room
+REDIS_TIMEOUT = 2.0  # seconds a Redis that stopped answering may hold a request
 STOP_SECONDS = 2.0  # the heartbeat's last write gets this long to end
 BEATS_TO_DEATH = 3  # heartbeats a node may miss before it counts as dead
 OWNER_SECONDS = 7 * 24 * 3600  # an owner key outlives its node this long at most
@@ -232,7 +233,13 @@ class Cluster:
         self.me = me
         self.capacity = capacity
         self.heartbeat = heartbeat
-        self.registry = Registry(aioredis.from_url(redis_url, decode_responses=True), me, heartbeat)
+        client = aioredis.from_url(
+            redis_url,
+            decode_responses=True,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+        )
+        self.registry = Registry(client, me, heartbeat)
         self._snapshot = snapshot
         self._refuses = local_refusal
         self._changed = asyncio.Event()
