@@ -39,7 +39,7 @@ from admission import Publishers
 from loadbench.redis_server import RedisServer
 from loadbench.report import fmt, mean
 from loadbench.results import Results, add_output_options, exit_with
-from loadbench.server import ServerProcess
+from loadbench.server import NO_LOAD_LIMITS, ServerProcess
 from prometheus_client.parser import text_string_to_metric_families
 
 DESCRIPTION = "The most sessions one process holds, against --workers N."
@@ -49,17 +49,11 @@ SETTLE_HELP = (
     "its sender's clock)"
 )
 FPS = 30  # the media loop's frame rate
-NO_ADMISSION = [
-    "--admission-loop-lag=0",
-    "--admission-loop-busy=0",
-    "--admission-cpu=0",
-    "--admission-udp-drops=0",
-]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=HELP_FORMAT)
-    add_output_options(parser, "keep the recordings in OUT", "table")
+    add_output_options(parser, "(the recordings are not kept)", "table")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-sessions", type=int, default=40)
     parser.add_argument("--window", type=float, default=6.0, help="seconds measured per count")
@@ -132,7 +126,7 @@ def run_configuration(
     workers: int, args: argparse.Namespace, media_path: Path, workdir: Path, redis_url: str
 ) -> dict[str, Any]:
     """Add sessions to one configuration until it fails a target; its steps."""
-    serve_args = ["--auto-record", "--idle-timeout", "60", *NO_ADMISSION]
+    serve_args = ["--auto-record", "--idle-timeout", "60", *NO_LOAD_LIMITS]
     if workers > 1:
         serve_args += ["--workers", str(workers), "--redis", redis_url]
     folder = workdir / f"workers-{workers}"
