@@ -100,10 +100,12 @@ class NodeInfo:
         return self.ready and not self.draining and self.sessions < self.capacity
 
     def to_json(self) -> str:
+        """The entry as the registry keeps it."""
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> NodeInfo:
+        """An entry the registry kept."""
         fields = json.loads(text)
         return cls(
             str(fields["url"]),
@@ -193,12 +195,15 @@ class Registry:
         return alive, remaining
 
     async def alive(self, url: str) -> bool:
+        """Whether the node's entry has not expired."""
         return bool(await self.client.exists(self._node(url)))
 
     async def claim(self, kind: str, key: str) -> None:
+        """This node holds ``key``."""
         await self.client.set(self._owner(kind, key), self.me, ex=OWNER_SECONDS)
 
     async def release(self, kind: str, key: str) -> None:
+        """This node holds ``key`` no more (if another claimed it since, it keeps it)."""
         await self._release(keys=[self._owner(kind, key)], args=[self.me])
 
     async def owner(self, kind: str, key: str) -> str | None:
@@ -307,6 +312,8 @@ class Cluster:
                 await self.registry.beat(info, sessions)
             except RedisError as exc:
                 logger.warning("heartbeat failed", extra={"fields": {"error": str(exc)}})
+            except Exception:  # the heartbeat must outlive any one failure
+                logger.exception("heartbeat failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.heartbeat):
                     await self._changed.wait()
