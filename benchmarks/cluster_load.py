@@ -14,8 +14,9 @@ another node when that one is less loaded). Once every session records, a window
 sending (30 a second each), and the event loop's lag p99 (``/readyz``: the p99 of the last
 3 s, sampled each second; the window's mean, the worst node). Sessions are added until
 frames recorded fall below ``--min-recorded-pct`` (99) or the lag p99 passes
-``--max-lag-ms`` (20): the most sessions a configuration holds is the last count that met
-both. Redis (Debian's ``redis-server``) is started for the clusters and killed at the end.
+``--max-lag-ms`` (20) in ``--tries`` (2) windows in a row (a second window, since other
+processes on a shared machine can spoil one): the most sessions a configuration holds is
+the last count with a window that met both. Redis (Debian's ``redis-server``) is started for the clusters and killed at the end.
 
 The senders run on the same machine and take CPU from the server(s): on a 2-core machine
 the figures are what the machine holds, senders included, not what a server would on a
@@ -48,6 +49,7 @@ SETTLE_HELP = (
     "seconds from the newest session recording to its window (its first second waits for "
     "its sender's clock)"
 )
+TRIES_HELP = "windows a count gets to meet both targets (the machine may be shared)"
 FPS = 30  # the media loop's frame rate
 
 
@@ -58,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-sessions", type=int, default=40)
     parser.add_argument("--window", type=float, default=6.0, help="seconds measured per count")
     parser.add_argument("--settle", type=float, default=4.0, help=SETTLE_HELP)
+    parser.add_argument("--tries", type=int, default=2, help=TRIES_HELP)
     parser.add_argument("--min-recorded-pct", type=float, default=99.0)
     parser.add_argument("--max-lag-ms", type=float, default=20.0)
     parser.add_argument("--sessions-per-sender", type=int, default=4)
@@ -155,17 +158,18 @@ def run_configuration(
                 break
             server.wait_sessions(number + 1, "recording", 30)
             time.sleep(args.settle)  # the newest recording past its first second
-            step = measure(bases, number + 1, args.window)
-            step["byNode"] = _sessions_by_node(server)
-            steps.append(step)
-            _log(
-                f"workers={workers} sessions={number + 1}: recorded "
-                f"{step['recordedPct']:.2f} %, lag p99 {fmt(step['lagP99Ms'])} ms, "
-                f"load {step['loadAverage'][0]:.2f}"
-            )
-            if step["recordedPct"] < args.min_recorded_pct or (
-                step["lagP99Ms"] is not None and step["lagP99Ms"] > args.max_lag_ms
-            ):
+            for _ in range(args.tries):  # another window if other processes spoiled one
+                step = measure(bases, number + 1, args.window)
+                step["byNode"] = _sessions_by_node(server)
+                steps.append(step)
+                _log(
+                    f"workers={workers} sessions={number + 1}: recorded "
+                    f"{step['recordedPct']:.2f} %, lag p99 {fmt(step['lagP99Ms'])} ms, "
+                    f"load {step['loadAverage'][0]:.2f}"
+                )
+                if _meets(step, args):
+                    break
+            else:
                 break
     finally:
         publishers.close()
@@ -204,7 +208,7 @@ def _until_healthy(base: str, timeout: float = 60.0) -> None:
             time.sleep(0.1)
 
 
-def markdown(command: str, results: list[dict[str, Any]]) -> str:
+def markdown(command: str, results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Command: `{command}`",
         "",
@@ -213,9 +217,11 @@ def markdown(command: str, results: list[dict[str, Any]]) -> str:
         "|---|---:|---|---|",
     ]
     for result in results:
-        steps = {s["sessions"]: s for s in result["steps"]}
-        held = steps.get(result["held"])
-        over = next((s for s in result["steps"] if s["sessions"] > result["held"]), None)
+        held = next(
+            (s for s in result["steps"] if s["sessions"] == result["held"] and _meets(s, args)),
+            None,
+        )
+        over = next((s for s in reversed(result["steps"]) if s["sessions"] > result["held"]), None)
         name = "one process" if result["workers"] == 1 else f"--workers {result['workers']}"
         at_held = (
             f"{held['recordedPct']:.2f} % / {fmt(held['lagP99Ms'])} ms / "
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.append(run_configuration(workers, args, media_path, workdir, redis.url))
         finally:
             redis.stop()
-    table = markdown(results.command, outcomes)
+    table = markdown(results.command, outcomes, args)
     results.save(results.document(args, configurations=outcomes), table)
     if args.markdown:
         print(table)
