@@ -16,7 +16,8 @@ sending (30 a second each), and the event loop's lag p99 (``/readyz``: the p99 o
 frames recorded fall below ``--min-recorded-pct`` (99) or the lag p99 passes
 ``--max-lag-ms`` (20) in ``--tries`` (2) windows in a row (a second window, since other
 processes on a shared machine can spoil one): the most sessions a configuration holds is
-the last count with a window that met both. Redis (Debian's ``redis-server``) is started for the clusters and killed at the end.
+the last count with a window that met both. Redis (Debian's ``redis-server``) is started
+for the clusters and killed at the end.
 
 The senders run on the same machine and take CPU from the server(s): on a 2-core machine
 the figures are what the machine holds, senders included, not what a server would on a
