@@ -64,6 +64,10 @@ def serve(argv: Sequence[str]) -> int:
         print(f"rtc-recorder serve: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format)
+    if settings.workers > 1:
+        from .server.workers import run_workers
+
+        return run_workers(argv, settings)
     context = None
     if settings.cert is not None and settings.key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

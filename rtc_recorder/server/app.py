@@ -28,7 +28,7 @@ from .api import (
 )
 from .lifecycle import DRAIN
 from .notices import Notices
-from .operations import REGISTRY
+from .operations import READINESS, REGISTRY
 from .recordings import (
     BucketRecordings,
     RecordingBusy,
@@ -420,6 +420,10 @@ def create_app(settings: Settings) -> web.Application:
     rooms.setup(app, settings, store, app[SESSIONS])
     whep.setup(app, settings, app[SESSIONS])
     jobs.setup(app, store.folder)
+    if settings.redis is not None:
+        from . import cluster  # redis only for a node of a cluster
+
+        cluster.setup(app, settings, app[SESSIONS], app[NOTICES], app[READINESS], app[DRAIN])
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/offer", offer)

@@ -62,9 +62,11 @@ class Readiness:
             return Refusal(
                 "draining", "the server is shutting down", int(self.settings.shutdown_timeout) + 1
             )
-        if count >= self.settings.max_sessions:
+        if count >= self.settings.session_limit:
             return Refusal(
-                "max_sessions", f"{self.settings.max_sessions} sessions already", MAX_SESSIONS_RETRY
+                "max_sessions",
+                f"{self.settings.session_limit} sessions already",
+                MAX_SESSIONS_RETRY,
             )
         refused = self.admission.refusal(count, time.monotonic(), settling)
         if refused is None:
@@ -89,7 +91,7 @@ class Readiness:
             "message": refusal.message if refusal else None,
             "draining": self.draining,
             "sessions": len(self.sessions.sessions),
-            "maxSessions": self.settings.max_sessions,
+            "maxSessions": self.settings.session_limit,
             "admission": self.admission.to_json(),
         }
 
@@ -105,6 +107,8 @@ class Drain:
         # What else ends once the sessions are closed, in this order; each is given the
         # seconds left of the bound (none, if the sessions took them all).
         self.afterwards: list[Callable[[float], Awaitable[None]]] = []
+        # Told at once when the drain starts (a cluster node tells the others).
+        self.starting: list[Callable[[], None]] = []
         self._task: asyncio.Task[list[Session]] | None = None
 
     def start(self) -> asyncio.Task[list[Session]]:
@@ -113,6 +117,8 @@ class Drain:
         if self._task is None:
             self.readiness.draining = True
             logger.info("draining", extra={"fields": {"timeout": self.timeout}})
+            for callback in self.starting:
+                callback()
             self._task = asyncio.ensure_future(self._run())
         return self._task
 

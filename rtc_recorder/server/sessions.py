@@ -301,8 +301,8 @@ class SessionManager:
         self, sdp: str, mime_type: str | None = None, timeslice: int | None = None
     ) -> tuple[Session, str]:
         """Answer an offer: a new session and the answer's SDP."""
-        if len(self.sessions) >= self.settings.max_sessions:
-            raise TooManySessions(f"{self.settings.max_sessions} sessions already")
+        if len(self.sessions) >= self.settings.session_limit:
+            raise TooManySessions(f"{self.settings.session_limit} sessions already")
         check_offer(sdp)
         mime = mime_type or self.settings.mime_type
         recording_type = parse_type(mime)

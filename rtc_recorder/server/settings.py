@@ -72,6 +72,12 @@ class Settings:
     webhook: tuple[str, ...] = ()
     webhook_secret: str | None = None
     webhook_retry_seconds: float = 600.0
+    # A cluster of nodes sharing a Redis registry (see cluster.py).
+    redis: str | None = None
+    node_url: str | None = None
+    capacity: int | None = None
+    heartbeat: float = 2.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not is_type_supported(self.mime_type):
@@ -104,6 +110,7 @@ class Settings:
             _check_port_range(self.udp_ports, self.ice_servers)
         self._check_storage()
         self._check_webhooks()
+        self._check_cluster()
 
     def _check_storage(self) -> None:
         location = self.location
@@ -130,6 +137,48 @@ class Settings:
         if self.webhook_retry_seconds < 0:
             raise ValueError("--webhook-retry-seconds cannot be negative")
 
+    def _check_cluster(self) -> None:
+        if self.capacity is not None and self.capacity <= 0:
+            raise ValueError("--capacity must be positive")
+        if self.heartbeat <= 0:
+            raise ValueError("--heartbeat must be positive")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if self.redis is None:
+            for name in ("node_url", "capacity"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_flag(name)} needs --redis")
+            if self.workers > 1:
+                raise ValueError("--workers needs --redis (the workers are nodes of a cluster)")
+            return
+        if not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--redis: {self.redis!r} is not a redis://, rediss:// or unix:// URL")
+        if self.workers > 1 and self.node_url is not None:
+            raise ValueError("--node-url names one node; with --workers each worker has its own")
+        if self.node_url is not None and not self.node_url.startswith(("http://", "https://")):
+            raise ValueError(f"--node-url: {self.node_url!r} is not an http(s) URL")
+        if self.node_url is None and ipaddress.ip_address(_address_of(self.host)).is_unspecified:
+            raise ValueError(
+                f"--redis with --host {self.host} needs --node-url (how others reach it)"
+            )
+
+    @property
+    def session_limit(self) -> int:
+        """The most sessions this process holds: ``--max-sessions``, or ``--capacity`` if
+        that is lower."""
+        if self.capacity is None:
+            return self.max_sessions
+        return min(self.capacity, self.max_sessions)
+
+    @property
+    def base_url(self) -> str:
+        """Where other nodes and clients reach this process (``--node-url``)."""
+        if self.node_url is not None:
+            return self.node_url.rstrip("/")
+        scheme = "https" if self.cert is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
     @property
     def location(self) -> Location:
         """Where finished recordings are kept (``--storage``)."""
@@ -148,6 +197,14 @@ class Settings:
     def ice_policy(self) -> IcePolicy:
         """Where the sessions' ICE gathers, what it announces, which ports it binds."""
         return IcePolicy(self.ice_address, self.announce_address, self.udp_ports)
+
+
+def _address_of(host: str) -> str:
+    """``host`` as an IP address (a name is looked up)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return socket.gethostbyname(host)
 
 
 def _check_local_address(address: str) -> None:
@@ -233,6 +290,14 @@ _HELP = {
     "webhook": "POST every session and recording event to this URL",
     "webhook_secret": "Standard Webhooks signing secret (whsec_BASE64)",
     "webhook_retry_seconds": "how long a webhook delivery is retried",
+    "redis": "redis://HOST[:PORT][/DB]: make this process a node of the cluster that shares "
+    "this Redis",
+    "node_url": "base URL other nodes and clients reach this node at (default: http://HOST:PORT)",
+    "capacity": "the most sessions this node takes (placement fills the least-loaded node; "
+    "at most --max-sessions)",
+    "heartbeat": "seconds between a node's heartbeats; a node silent for three is dead and its "
+    "sessions are reported lost",
+    "workers": "run this many node processes on ports PORT..PORT+N-1 (needs --redis)",
 }
 
 
