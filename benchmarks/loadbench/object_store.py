@@ -25,7 +25,7 @@ from aiobotocore.session import get_session
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from .server import free_port
+from .server import free_port, free_ports
 
 ACCESS_KEY = "rtc-recorder-test"
 SECRET_KEY = "rtc-recorder-test-secret"
@@ -69,7 +69,8 @@ class SeaweedFS:
         takes and returns an object."""
         if not self.ports:
             names = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc")
-            self.ports = {name: free_port() for name in (*names, "s3", "s3.grpc")}
+            wanted = (*names, "s3", "s3.grpc")
+            self.ports = dict(zip(wanted, free_ports(len(wanted)), strict=True))
             (self.folder / "data").mkdir(parents=True)
             identity = {
                 "identities": [
