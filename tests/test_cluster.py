@@ -476,7 +476,7 @@ async def test_workers_run_nodes_on_consecutive_ports_and_leave_on_sigterm(
             await publisher.close()
 
 
-async def test_a_room_stays_on_the_node_that_holds_it_whatever_the_load(
+async def test_a_room_stays_on_its_node_whatever_the_load_and_any_node_records_it(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with (
@@ -490,6 +490,22 @@ async def test_a_room_stays_on_the_node_that_holds_it_whatever_the_load(
         listed = await sessions_by_id(http, b)
         assert listed[first.session]["node"] == listed[second.session]["node"] == a.base
         assert listed[third.session]["node"] == b.base
+        # The room is listed and recorded through the node that does not hold it.
+        rooms = await get_json(http, f"{b.base}/api/rooms")
+        assert [(r["name"], r["node"], len(r["participants"])) for r in rooms] == [
+            ("standup", a.base, 2)
+        ]
+        for method in ("start", "stop"):
+            async with http.post(f"{b.base}/api/rooms/standup/{method}") as response:
+                assert response.status == 200, await response.text()
+
+        async def room_recording_listed() -> bool:
+            entries = await get_json(http, f"{b.base}/api/recordings")
+            return any(e.get("room") == "standup" for e in entries)
+
+        await until(room_recording_listed, 15, "the room's recording in the cluster's list")
+        entries = [e for e in await get_json(http, f"{b.base}/api/recordings") if e.get("room")]
+        assert len(entries) == 1 and len(entries[0]["participants"]) == 2
         for publisher in (first, second, third):
             await publisher.close()
 
