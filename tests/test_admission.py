@@ -156,11 +156,46 @@ def test_a_burst_is_taken_as_far_as_the_measured_cost_per_session_leaves_room() 
     assert admits(gate, 8, 4.0)  # the first of the burst is measured by now
 
 
-def test_a_process_that_measured_none_of_its_sessions_takes_them_as_they_come() -> None:
-    gate = admission()
-    gate.observe(QUIET, 0)
-    for count in range(5):
-        assert admits(gate, count, 0.1 * count)
+@pytest.mark.parametrize("sampled", [False, True])
+def test_a_process_that_measured_none_of_its_sessions_takes_a_few_until_it_has(
+    sampled: bool,
+) -> None:
+    gate = Admission(LIMITS, settle=SETTLE, first=3)
+    if sampled:
+        gate.observe(QUIET, 0)
+    for count in range(3):
+        assert admits(gate, count, 0.1 * count), count
+        gate.admitted(0.1 * count)
+    # Three unmeasured: the fourth waits until the first is measured (at 4.0).
+    assert gate.refusal(3, 0.3) == Declined("settling", 4)
+    assert gate.refusal(3, 3.9) == Declined("settling", 1)
+    gate.observe(busy(loop_busy=0.15, cpu=0.15), 4.0)  # the first one's cost: 0.05 each
+    # 1 measured, 2 unmeasured + 1 new at 0.15 each: 0.15 x 4 = 0.6 > 0.4 = resume x 0.8.
+    assert gate.refusal(3, 4.0) == Declined("settling", 1)
+    gate.observe(busy(loop_busy=0.15, cpu=0.15), 4.2)
+    assert admits(gate, 3, 4.2)  # all three measured now, none settling
+
+
+def test_offers_negotiated_side_by_side_each_count_the_others() -> None:
+    gate = Admission(LIMITS, settle=SETTLE, first=3)
+    # None of them exists yet while they are negotiated: 0 sessions all along.
+    for count in range(3):
+        assert admits(gate, 0, 0.01 * count), count
+        gate.admitted(0.01 * count)
+    assert gate.refusal(0, 0.05) == Declined("settling", 4)
+    gate.withdrawn()  # one offer failed: its place is free again
+    assert admits(gate, 0, 0.06)
+    # Once they are measured, a process without sessions admits again.
+    gate.admitted(0.06)
+    assert admits(gate, 0, 4.1)
+
+
+def test_with_every_limit_off_a_burst_is_taken_whole() -> None:
+    gate = Admission(
+        Limits(loop_lag_p99_ms=0, loop_busy=0, cpu=0, udp_drops=0, resume=0.5, calm=1), SETTLE
+    )
+    for count in range(10):
+        assert admits(gate, count, 0.1 * count), count
         gate.admitted(0.1 * count)
 
 

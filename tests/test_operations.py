@@ -220,3 +220,39 @@ async def test_the_drain_ends_what_follows_the_sessions_in_order_with_the_rest_o
     assert [step for step, _ in given] == ["uploads", "webhooks"]
     assert 0 < given[0][1] <= 0.5
     assert given[1][1] == 0.0
+
+
+async def test_a_fresh_server_takes_a_burst_a_few_at_a_time(tmp_path: Path) -> None:
+    """Six offers at once to a server that has measured none of its sessions: it knows no
+    cost per session, so it takes four (each counted from the moment it is taken, while
+    the others are still being negotiated) and asks the others to come back (503,
+    ``settling``, Retry-After). A failed offer holds no place."""
+    limits = {
+        "admission_loop_lag": 200.0,
+        "admission_loop_busy": 0.6,
+        "admission_cpu": 0.9,
+        "admission_udp_drops": 10.0,
+    }
+    async with running_app(recordings=tmp_path, **limits) as client:
+        bad = await client.post("/offer", json={"sdp": "v=0\r\nnot an offer", "type": "offer"})
+        assert bad.status == 400
+        pcs = [publisher_pc() for _ in range(6)]
+        try:
+            for pc in pcs:
+                await pc.setLocalDescription(await pc.createOffer())
+            responses = await asyncio.gather(
+                *(
+                    client.post("/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+                    for pc in pcs
+                )
+            )
+            statuses = sorted(response.status for response in responses)
+            assert statuses == [200, 200, 200, 200, 503, 503], statuses
+            for response in responses:
+                if response.status == 503:
+                    assert (await response.json())["error"] == "QuotaExceededError"
+                    assert 1 <= int(response.headers["Retry-After"]) <= 5
+            values = await scrape(client)
+            assert metric(values, "sessions_refused_total", reason="settling") == 2
+        finally:
+            await asyncio.gather(*(pc.close() for pc in pcs))

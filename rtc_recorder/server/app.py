@@ -174,15 +174,18 @@ async def create_session(
             refused.message,
             {"Retry-After": str(refused.retry_after)},
         )
+    operations.admitted(request.app)
     try:
         created = await request.app[SESSIONS].create(
             sdp, optional_mime_type(body), optional_timeslice(body)
         )
-    except TooManySessions as exc:
-        raise ApiError(503, "QuotaExceededError", str(exc)) from None
-    except BadOffer as exc:
-        raise ApiError(400, "SyntaxError", str(exc)) from None
-    operations.admitted(request.app)
+    except BaseException as exc:
+        operations.withdrawn(request.app)
+        if isinstance(exc, TooManySessions):
+            raise ApiError(503, "QuotaExceededError", str(exc)) from None
+        if isinstance(exc, BadOffer):
+            raise ApiError(400, "SyntaxError", str(exc)) from None
+        raise
     if room is not None:
         await request.app[rooms.ROOMS].join(room, created[0])
     return created

@@ -72,7 +72,7 @@ class Readiness:
         if refused is None:
             return None
         if refused.reason == "settling":
-            message = "the server is near capacity: a new session waits until the last ones show"
+            message = "a new session waits until the load of the last ones taken shows"
         else:
             over = ", ".join(camel(name) for name in self.admission.over) or "calming down"
             message = f"the server is at capacity ({over})"
@@ -81,6 +81,10 @@ class Readiness:
     def admitted(self) -> None:
         """A new session was taken."""
         self.admission.admitted(time.monotonic())
+
+    def withdrawn(self) -> None:
+        """The session taken last did not come to be."""
+        self.admission.withdrawn()
 
     def to_json(self) -> dict[str, Any]:
         """``/readyz``'s body."""

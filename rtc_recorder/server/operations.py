@@ -81,8 +81,15 @@ def refusal(app: web.Application) -> Refusal | None:
 
 
 def admitted(app: web.Application) -> None:
-    """A new session was taken (admission paces new sessions near capacity)."""
+    """A new session was taken (admission paces new sessions near capacity): said as soon
+    as it is decided, before the offer is negotiated, so that offers negotiated side by side
+    each count the others."""
     app[READINESS].admitted()
+
+
+def withdrawn(app: web.Application) -> None:
+    """The session :func:`admitted` last did not come to be."""
+    app[READINESS].withdrawn()
 
 
 async def readyz(request: web.Request) -> web.Response:
