@@ -29,7 +29,7 @@ from rtc_recorder.receive import hooks
 
 from .common import Channel, loopback_only, rtc_configuration, run_child
 from .media import load
-from .sender import CLOSE_TIMEOUT, Gate, Refused, Session, open_session
+from .sender import CLOSE_TIMEOUT, Gate, Session, open_session_patiently
 
 READY_TIMEOUT = 30.0  # from the last subscription answered to video on every one
 
@@ -156,26 +156,16 @@ class Room:
     async def _publish(self, number: int) -> None:
         """Participant ``number`` joins the room, offering again when a server taking
         sessions one at a time asks it to wait (503 with Retry-After), as the page does."""
-        deadline = time.monotonic() + self.config.connect_timeout
-        while True:
-            try:
-                await open_session(
-                    number,
-                    self.media,
-                    self.gate,
-                    self.http,
-                    f"{self.config.base_url}/offer",
-                    self.sessions,
-                    {"room": self.config.room, "name": f"p{number}"},
-                )
-                return
-            except Refused as refused:
-                wait = float(refused.retry_after or 0)
-                if refused.status != 503 or not wait or time.monotonic() + wait > deadline:
-                    raise
-                self.retries += 1
-                await self.sessions.pop(number).close()
-                await asyncio.sleep(wait)
+        self.retries += await open_session_patiently(
+            number,
+            self.media,
+            self.gate,
+            self.http,
+            f"{self.config.base_url}/offer",
+            self.sessions,
+            time.monotonic() + self.config.connect_timeout,
+            {"room": self.config.room, "name": f"p{number}"},
+        )
 
     def counts(self) -> dict[str, Any]:
         """What was sent and received so far."""

@@ -266,6 +266,34 @@ async def open_session(
     await connected.wait()
 
 
+async def open_session_patiently(
+    number: int,
+    media: EncodedLoop,
+    gate: Gate,
+    http: aiohttp.ClientSession,
+    url: str,
+    sessions: dict[int, Session],
+    deadline: float,
+    fields: Mapping[str, Any] | None = None,
+) -> int:
+    """:func:`open_session`, offering again when the server asks to wait (503 with
+    Retry-After: a server taking sessions a few at a time, as its admission does), as the
+    page does, until ``deadline`` (``time.monotonic()``); the number of offers it refused.
+    A refusal whose wait would pass the deadline is raised."""
+    retries = 0
+    while True:
+        try:
+            await open_session(number, media, gate, http, url, sessions, fields)
+            return retries
+        except Refused as refused:
+            wait = float(refused.retry_after or 0)
+            if refused.status != 503 or not wait or time.monotonic() + wait > deadline:
+                raise
+            retries += 1
+            await sessions.pop(number).close()
+            await asyncio.sleep(wait)
+
+
 class Publisher:
     """The sessions of one sending process, opened, paused and hung up on request."""
 
@@ -277,20 +305,33 @@ class Publisher:
         self.sessions: dict[int, Session] = {}
         self.paused_at: float | None = None  # wall clock
 
-    async def open(self, numbers: Sequence[int]) -> dict[str, dict[str, Any]]:
+    async def open(
+        self, numbers: Sequence[int], patient: bool = False
+    ) -> dict[str, dict[str, Any]]:
         """Offer sessions ``numbers`` at once; per session (by number) the server's answer
-        (see the module's ``opened``). Anything but a refusal, or not being connected within
-        the config's timeout, raises."""
+        (see the module's ``opened``). ``patient``: offer again while the server asks to
+        wait (:func:`open_session_patiently`). Anything but a refusal, or not being
+        connected within the config's timeout, raises."""
         answers: dict[str, dict[str, Any]] = {}
+        # Offers made again stop a second before the timeout, so a last refusal is reported.
+        deadline = time.monotonic() + self.config.connect_timeout - 1 if patient else 0.0
         async with asyncio.timeout(self.config.connect_timeout), asyncio.TaskGroup() as group:
             for number in numbers:
-                group.create_task(self._offer(number, answers))
+                group.create_task(self._offer(number, answers, deadline))
         return answers
 
-    async def _offer(self, number: int, answers: dict[str, dict[str, Any]]) -> None:
+    async def _offer(
+        self, number: int, answers: dict[str, dict[str, Any]], deadline: float
+    ) -> None:
         try:
-            await open_session(
-                number, self.media, self.gate, self.http, self.config.offer_url, self.sessions
+            await open_session_patiently(
+                number,
+                self.media,
+                self.gate,
+                self.http,
+                self.config.offer_url,
+                self.sessions,
+                deadline,
             )
         except Refused as refused:
             await self.sessions.pop(number).close()
@@ -347,7 +388,7 @@ async def _main(channel: Channel, config: SenderConfig) -> None:
     async with aiohttp.ClientSession(timeout=timeout) as http:
         publisher = Publisher(config, http)
         try:
-            opened = await publisher.open(config.sessions)
+            opened = await publisher.open(config.sessions, patient=True)
             refused = {n: a["status"] for n, a in opened.items() if a["status"] != 200}
             if refused:
                 raise RuntimeError(f"/offer refused sessions (number: status): {refused}")
