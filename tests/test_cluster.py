@@ -25,7 +25,7 @@ from yarl import URL
 
 from benchmarks.loadbench.object_store import WEBHOOK_SECRET, SeaweedFS
 from benchmarks.loadbench.redis_server import RedisServer
-from rtc_recorder.server.cluster import NodeInfo, choose
+from rtc_recorder.server.cluster import OWNER_SECONDS, RESERVED_SECONDS, NodeInfo, Registry, choose
 from rtc_recorder.server.settings import Settings, parse
 from rtc_recorder.server.workers import worker_arguments
 
@@ -507,6 +507,54 @@ async def test_a_room_stays_on_its_node_whatever_the_load_and_any_node_records_i
         entries = [e for e in await get_json(http, f"{b.base}/api/recordings") if e.get("room")]
         assert len(entries) == 1 and len(entries[0]["participants"]) == 2
         for publisher in (first, second, third):
+            await publisher.close()
+
+
+async def test_nodes_placing_a_room_at_once_agree_on_one(redis_server: RedisServer) -> None:
+    """The registry's reservation, on a real Redis: two nodes placing the same new room at
+    the same moment, each choosing itself, get the same node; a dead node's old claim is
+    taken over, a live node's kept; a reservation lasts until the node claims the room."""
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    a, b = Registry(client, "http://a", 60), Registry(client, "http://b", 60)
+    try:
+        for registry in (a, b):
+            await registry.beat(node(registry.me, 0), {})
+        for index in range(20):
+            room = f"room{index}"
+            held = await asyncio.gather(
+                a.reserve("room", room, a.me), b.reserve("room", room, b.me)
+            )
+            assert held[0] == held[1] == await a.owner("room", room), held
+        key = "rtc-recorder:owner:room:old"
+        await client.set(key, "http://gone")  # a node whose entry has expired
+        assert await b.reserve("room", "old", b.me) == b.me
+        assert 0 < await client.ttl(key) <= RESERVED_SECONDS
+        assert await a.reserve("room", "old", a.me) == b.me  # b is alive: it keeps the room
+        await b.claim("room", "old")  # b made the room: it holds it as long as any claim
+        assert await client.ttl(key) > RESERVED_SECONDS
+        assert await client.ttl(key) <= OWNER_SECONDS
+    finally:
+        await client.aclose()
+
+
+async def test_a_room_s_first_participants_at_two_nodes_at_once_meet_on_one(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Both nodes empty: each would keep a session offered to it (a tie stays where it is
+    asked), so without the room's reservation the room would start on both."""
+    async with (
+        cluster(redis_server.url, tmp_path, 2, "--capacity", "3") as (a, b),
+        aiohttp.ClientSession() as http,
+    ):
+        async with aiohttp.ClientSession(a.base) as at_a, aiohttp.ClientSession(b.base) as at_b:
+            first, second = await asyncio.gather(
+                publish(at_a, room="retro"), publish(at_b, room="retro")
+            )
+        listed = await sessions_by_id(http, a)
+        assert listed[first.session]["node"] == listed[second.session]["node"]
+        rooms = await get_json(http, f"{a.base}/api/rooms")
+        assert [(r["name"], len(r["participants"])) for r in rooms] == [("retro", 2)]
+        for publisher in (first, second):
             await publisher.close()
 
 

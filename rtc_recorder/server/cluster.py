@@ -49,6 +49,7 @@ REDIS_TIMEOUT = 2.0  # seconds a Redis that stopped answering may hold a request
 STOP_SECONDS = 2.0  # the heartbeat's last write gets this long to end
 BEATS_TO_DEATH = 3  # heartbeats a node may miss before it counts as dead
 OWNER_SECONDS = 7 * 24 * 3600  # an owner key outlives its node this long at most
+RESERVED_SECONDS = 60  # a room placed on a node that has not made it yet stays there this long
 LOST_SECONDS = 3600  # a dead node's sessions are listed as lost this long at most
 PROXY_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=30)
 LIST_TIMEOUT = aiohttp.ClientTimeout(total=5)
@@ -137,6 +138,15 @@ class Registry:
             "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
             "end return 0"
         )
+        # The holder of KEYS[1] if it is a live node (its entry ARGV[3] .. holder exists),
+        # else ARGV[1], written for ARGV[2] seconds: one step, so two nodes placing the
+        # same room at once agree.
+        self._reserve = client.register_script(
+            "local holder = redis.call('get', KEYS[1]) "
+            "if holder and (holder == ARGV[1] or redis.call('exists', ARGV[3] .. holder) == 1) "
+            "then return holder end "
+            "redis.call('set', KEYS[1], ARGV[1], 'ex', ARGV[2]) return ARGV[1]"
+        )
 
     @staticmethod
     def _node(url: str) -> str:
@@ -205,6 +215,14 @@ class Registry:
     async def release(self, kind: str, key: str) -> None:
         """This node holds ``key`` no more (if another claimed it since, it keeps it)."""
         await self._release(keys=[self._owner(kind, key)], args=[self.me])
+
+    async def reserve(self, kind: str, key: str, url: str) -> str:
+        """The node that holds ``key``: the live one that already does, else ``url``, which
+        holds it from now on (for :data:`RESERVED_SECONDS`, until it claims it)."""
+        holder = await self._reserve(
+            keys=[self._owner(kind, key)], args=[url, RESERVED_SECONDS, self._node("")]
+        )
+        return str(holder)
 
     async def owner(self, kind: str, key: str) -> str | None:
         """The live node holding ``key`` (this one included), or None."""
@@ -398,16 +416,23 @@ class Cluster:
     async def _placement(self, request: web.Request, room: str | None) -> str:
         """The node a new session goes to: its room's, else this one if the request was
         placed here and there is room, else the least-loaded open one (this one, to answer
-        503, if none is)."""
+        503, if none is). A room's first session reserves the node chosen for the room, so
+        first sessions arriving at two nodes at once meet on one."""
         if room is not None:
             owner = await self.registry.owner("room", room)
             if owner is not None:
                 return owner
         if PLACED in request.query and not self._refuses():
+            chosen: str | None = self.me
+        else:
+            alive, _ = await self.registry.nodes()
+            alive[self.me] = self._snapshot()[0]
+            chosen = choose(alive.values(), self.me)
+        if chosen is None:
             return self.me
-        alive, _ = await self.registry.nodes()
-        alive[self.me] = self._snapshot()[0]
-        return choose(alive.values(), self.me) or self.me
+        if room is not None:
+            return await self.registry.reserve("room", room, chosen)
+        return chosen
 
     def _redirect(self, request: web.Request, node: str) -> web.Response:
         location = f"{node}{request.rel_url.with_query({**request.query, PLACED: '1'})}"
