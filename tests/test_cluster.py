@@ -5,6 +5,7 @@ upload. WHIP publishers follow ``307`` as RFC 9725 clients do."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -27,7 +29,13 @@ from benchmarks.loadbench.object_store import WEBHOOK_SECRET, SeaweedFS
 from benchmarks.loadbench.redis_server import RedisServer
 from rtc_recorder.server.cluster import OWNER_SECONDS, RESERVED_SECONDS, NodeInfo, Registry, choose
 from rtc_recorder.server.settings import Settings, parse
-from rtc_recorder.server.workers import worker_arguments
+from rtc_recorder.server.workers import (
+    RESTART_DELAY,
+    RESTART_DELAY_MAX,
+    STABLE_SECONDS,
+    restart_delay,
+    worker_arguments,
+)
 
 from .media import ffmpeg_errors, wait_for
 from .server_support import Publisher, free_port, publish, publisher_pc, server_process
@@ -469,11 +477,44 @@ async def test_workers_run_nodes_on_consecutive_ports_and_leave_on_sigterm(
         assert [origin(url) for url in posted] == [base, second]
         listed = await sessions_by_id(http, Node(process, second, tmp_path, (), {}))
         assert {e["node"] for e in listed.values()} == {base, second}
+        # A worker killed outright is started again on its port, and joins again.
+        killed = worker_on(process.pid, port + 1)
+        killed.kill()
+        await asyncio.to_thread(killed.wait, 10)
+
+        async def started_again() -> bool:
+            try:
+                again = worker_on(process.pid, port + 1)
+                async with http.get(f"{second}/readyz") as response:
+                    ready = response.status == 200
+            except (LookupError, aiohttp.ClientError):
+                return False
+            return again.pid != killed.pid and ready and await both_registered()
+
+        await until(started_again, 30, "the killed worker to be started again")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.wait, 30) == 0
         assert await registry.smembers("rtc-recorder:nodes") == set()
         for publisher in (first, other):
             await publisher.close()
+
+
+def worker_on(parent: int, port: int) -> psutil.Process:
+    """The worker process of ``parent`` serving ``port``."""
+    for child in psutil.Process(parent).children():
+        with contextlib.suppress(psutil.Error):
+            command = child.cmdline()
+            if child.is_running() and command[-2:] == ["--port", str(port)]:
+                return child
+    raise LookupError(f"no worker on port {port}")
+
+
+def test_a_worker_that_keeps_dying_young_waits_longer_each_time() -> None:
+    assert restart_delay(None, 0.5) == RESTART_DELAY
+    assert restart_delay(RESTART_DELAY, 0.5) == 2 * RESTART_DELAY
+    assert restart_delay(16.0, 1.0) == RESTART_DELAY_MAX == restart_delay(RESTART_DELAY_MAX, 1)
+    # one that ran long enough is not held back for its earlier deaths
+    assert restart_delay(RESTART_DELAY_MAX, STABLE_SECONDS) == RESTART_DELAY
 
 
 async def test_a_room_stays_on_its_node_whatever_the_load_and_any_node_records_it(
