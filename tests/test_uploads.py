@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from benchmarks.loadbench.object_store import BUCKET, SeaweedFS
 from rtc_recorder.server.notices import Notice, Notices
-from rtc_recorder.server.recordings import RecordingStore
+from rtc_recorder.server.recordings import RecordingStore, upload_state_path
 from rtc_recorder.server.storage import MIB, BucketLocation
-from rtc_recorder.server.uploader import STATE_FOLDER, Uploader
+from rtc_recorder.server.uploader import Uploader
 
 from .media import wait_for
 from .storage_support import object_bytes, object_keys, uploaded_parts
@@ -116,7 +116,7 @@ async def test_a_room_folder_uploads_while_it_grows_and_arrives_as_its_final_fil
             for name, data in expected.items():
                 assert await object_bytes(s3, prefix + name) == data, name
             assert await uploaded_parts(s3, key) == []  # nothing left unfinished
-    assert not folder.exists() and not (tmp_path / STATE_FOLDER / f"{room}.json").exists()
+    assert not folder.exists() and not upload_state_path(tmp_path, room).exists()
     assert uploaded.data[room]["room"] == "standup"
     sent = registry.get_sample_value("rtc_recorder_upload_bytes_total")
     # Every byte once, plus the part that changed after it was sent.

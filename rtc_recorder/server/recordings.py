@@ -41,6 +41,14 @@ EXTENSIONS = {
     "ogg": ".ogg",
     "wav": ".wav",
 }
+STATE_FOLDER = ".uploads"  # in the spool: what the uploader sent of each recording
+
+
+def upload_state_path(spool: Path, name: str) -> Path:
+    """Where the uploader keeps what it sent of recording ``name``, in the spool ``spool``."""
+    return spool / STATE_FOLDER / f"{name}.json"
+
+
 CONTENT_TYPES = {
     ".webm": "video/webm",
     ".mkv": "video/x-matroska",
@@ -501,12 +509,7 @@ class BucketRecordings:
                 self._sidecars.pop(name, None)
         except StoreError as exc:
             raise StoreUnavailable(f"the object store did not answer: {exc}") from None
-        try:
-            await self.spool.delete(name)
-        except UnknownRecording:
-            if not found:
-                raise
-        (self.spool.folder / ".uploads" / f"{name}.json").unlink(missing_ok=True)
+        await self._delete_spooled(name, stored=found)
 
     async def _delete_room(self, name: str) -> None:
         """Remove a room recording's folder: its objects, and the spool's copy if any."""
@@ -522,12 +525,17 @@ class BucketRecordings:
         except StoreError as exc:
             raise StoreUnavailable(f"the object store did not answer: {exc}") from None
         self._sidecars.pop(f"{name}/{MANIFEST}", None)
+        await self._delete_spooled(name, stored=bool(keys))
+
+    async def _delete_spooled(self, name: str, stored: bool) -> None:
+        """Remove the spool's copy of ``name`` and its upload state; a recording neither
+        ``stored`` in the bucket nor spooled is unknown."""
         try:
             await self.spool.delete(name)
         except UnknownRecording:
-            if not keys:
+            if not stored:
                 raise
-        (self.spool.folder / ".uploads" / f"{name}.json").unlink(missing_ok=True)
+        upload_state_path(self.spool.folder, name).unlink(missing_ok=True)
 
 
 async def serve_range(

@@ -42,14 +42,18 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ..containers.matroska_repair import finish_cut_file
 from .notices import Notice, Notices
-from .recordings import CONTENT_TYPES, RecordingStore, probe_duration
+from .recordings import (
+    CONTENT_TYPES,
+    RecordingStore,
+    probe_duration,
+    upload_state_path,
+)
 from .storage import Backoff, Bucket, BucketLocation, StoreError, is_missing, open_bucket
 
 logger = logging.getLogger("rtc_recorder.server")
 
 T = TypeVar("T")
 
-STATE_FOLDER = ".uploads"
 POLL_SECONDS = 1.0  # how often a growing recording is looked at for complete parts
 MAX_PARTS_IN_FLIGHT = 4  # bounds the memory parts take (each is --part-size bytes)
 METADATA_SUFFIX = ".json"
@@ -158,7 +162,7 @@ class RecordingUpload:
         self.name = name
         self._uploader = uploader
         self._spool = uploader.spool.folder
-        self._state_path = self._spool / STATE_FOLDER / f"{name}.json"
+        self._state_path = upload_state_path(self._spool, name)
         self._state = UploadState.load(self._state_path)
         if self._state.complete:  # names are never reused: this is a new recording
             self._state = UploadState()
@@ -452,7 +456,7 @@ class Uploader:
                 continue
             if not (entry.is_dir() or entry.suffix in CONTENT_TYPES):
                 continue
-            if not UploadState.load(folder / STATE_FOLDER / f"{entry.name}.json").complete:
+            if not UploadState.load(upload_state_path(folder, entry.name)).complete:
                 names.append(entry.name)
         return names
 
