@@ -31,7 +31,7 @@ from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
 from .receive.hooks import EncodedFrame, ReceiverTap, Subscription
-from .timing import RecordingTimeline, SenderClock, StreamClock
+from .timing import KEYFRAME_LEAD, RecordingTimeline, SenderClock, StreamClock
 from .writer import RecordingWriter
 
 logger = logging.getLogger("rtc_recorder")
@@ -334,13 +334,16 @@ class EncodedInput(TrackInput):
             keyframe = self.kind == "video" and is_keyframe(frame.codec, frame.data)
             if self._timeline.holds(reference):
                 if keyframe and self._timeline.can_settle_at(reference, frame.arrival):
-                    self._timeline.settle(reference, after=CONTAINER_TICK_US / MICROSECOND)
-                elif self.kind == "video":
-                    # Before the keyframe the resume waits for: of no use. A keyframe
-                    # taken before the resume answered our request too early: ask again.
+                    self._timeline.settle(reference, after=KEYFRAME_LEAD)
+                elif self.kind == "video" or self._timeline.beyond_resume(
+                    reference, self._pending[-1].arrival
+                ):
+                    # Video before the keyframe a (re)start waits for is of no use (a
+                    # keyframe taken before the resume answered our request too early: ask
+                    # again); so is sound from too long before a resume still to come.
                     self._pending.popleft()
                     self.counters.frames_dropped_paused += 1
-                    if keyframe:
+                    if keyframe and not self._timeline.paused:
                         self._request_keyframe()
                     continue
                 else:

@@ -76,6 +76,10 @@ REPORT_WINDOW = 4
 # The keyframe that answers a (re)start's request may show a picture taken up to this long
 # before the (re)start (seconds): a sender working through a queue of captured pictures.
 EARLY_KEYFRAME = 2.0
+# A keyframe that settles a resume lands at least this long after the cut (seconds): the
+# sound taken with it (in packets of up to 20 ms, placed by a clock a few milliseconds
+# apart from video's) is recorded with it.
+KEYFRAME_LEAD = 0.02
 # A (re)start that video has not settled after this long (seconds) settles without it.
 OPEN_DEADLINE = 1.5
 # A pause or stop comes at least this long after the latest media recorded.
@@ -384,7 +388,9 @@ class Timeline:
     (within the pause, or :data:`EARLY_KEYFRAME` before a start), and the pause's cut is
     rounded down if the keyframe needs it. While open, media from around the (re)start
     waits (:meth:`holds`): nothing is placed before the boundary is final, so settling
-    moves nothing already written.
+    moves nothing already written. For the same reason media taken during a pause waits
+    too (the last :data:`EARLY_KEYFRAME` seconds of it): the resume may move back to it,
+    and then the sound from the keyframe on is recorded with the picture.
     A (re)start video does not settle in time (:meth:`settle_if_late`) stays as it is.
 
     :meth:`paused_time` is the time paused as asked; :meth:`recorded_time` what the
@@ -424,16 +430,25 @@ class Timeline:
         return self._open_at is not None
 
     def holds(self, instant: float) -> bool:
-        """Whether media at reference ``instant`` must wait for the open (re)start."""
+        """Whether media at reference ``instant`` must wait: for the open (re)start, or,
+        during a pause (of a recording with video), for the resume, which may move back
+        to it (see :meth:`beyond_resume`)."""
+        if self._paused_at is not None:
+            return self._video and self._stopped_at is None and instant >= self._paused_at
         if self._open_at is None:
             return False
         return instant >= self._earliest()
+
+    def beyond_resume(self, instant: float, now: float) -> bool:
+        """Whether media at ``instant``, held during a pause, is too old for any resume
+        from ``now`` on to move back to (:data:`EARLY_KEYFRAME`): it will not be recorded."""
+        return self._paused_at is not None and instant < now - EARLY_KEYFRAME
 
     def _earliest(self) -> float:
         """The earliest instant the open (re)start may move back to: the pause it ends
         began there, or the sender's queue could reach back that far."""
         if self._pause_starts:
-            return self._pause_starts[-1]
+            return max(self._pause_starts[-1], self._pause_ends[-1] - EARLY_KEYFRAME)
         return self.start - EARLY_KEYFRAME
 
     def can_settle_at(self, instant: float, arrival: float) -> bool:
@@ -467,6 +482,13 @@ class Timeline:
             quantum = self.quantum()
             cut = max(0.0, math.floor(room / quantum) * quantum if quantum else room)
             self._excised[-1] = self._excised[-2] + cut
+        # The output goes on at the cut with what was taken at begin + cut: record from
+        # there (sound before the keyframe; video waits for it), so the sound has no gap
+        # at the cut and the sound taken with the keyframe is there however it was rounded.
+        seamless = begin + cut
+        if seamless < end:
+            self._given_back += end - seamless
+            self._pause_ends[-1] = seamless
 
     def settle_if_late(
         self, now: float, deadline: float = OPEN_DEADLINE, since: float | None = None
@@ -623,8 +645,20 @@ class MemberTimeline:
         self.shared.placed(instant)
 
     def holds(self, instant: float) -> bool:
-        """Whether media at ``instant`` waits for the shared timeline's open (re)start."""
+        """Whether media at ``instant`` waits for the shared timeline's (re)start (not for
+        a resume once this file has stopped)."""
+        if self._stopped_at is not None and self.shared.paused:
+            return False
         return self.shared.holds(instant)
+
+    def beyond_resume(self, instant: float, now: float) -> bool:
+        """See :meth:`Timeline.beyond_resume`."""
+        return self.shared.beyond_resume(instant, now)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the shared timeline is paused."""
+        return self.shared.paused
 
     def can_settle_at(self, instant: float, arrival: float) -> bool:
         """Whether a keyframe of this file settles the shared timeline's open (re)start."""

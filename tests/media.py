@@ -313,13 +313,15 @@ def beep_onsets_in(
     return onsets
 
 
-def flash_times(path: str | Path) -> tuple[list[float], list[float]]:
-    """Output times at which the video turns white and the audio starts beeping."""
+def flash_times(path: str | Path, spacing: float = 0.5) -> tuple[list[float], list[float]]:
+    """Output times at which the video turns white and the audio starts beeping (each at
+    least ``spacing`` seconds after the one before: less than a second apart where a pause
+    was cut out between them, more than a flash's length)."""
     flashes: list[float] = []
     for t, luma in decoded_pictures(path):
-        if float(luma.mean()) > 230 and (not flashes or t - flashes[-1] > 0.5):
+        if float(luma.mean()) > 230 and (not flashes or t - flashes[-1] > spacing):
             flashes.append(t)
-    return flashes, beep_onsets(path)
+    return flashes, beep_onsets(path, spacing=spacing)
 
 
 # -- peers ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
@@ -21,6 +22,8 @@ import rtc_recorder.receive.hooks as tap_module
 from rtc_recorder import MediaRecorder
 
 from .media import (
+    FLASH_LENGTH,
+    FLASH_PERIOD,
     Clock,
     EncodedMedia,
     PacketTrack,
@@ -29,6 +32,7 @@ from .media import (
     connect,
     encode_sync_source,
     ffmpeg_errors,
+    flash_instants,
     flash_times,
     probe,
     wait_for,
@@ -67,6 +71,35 @@ async def peers() -> AsyncIterator[Peers]:
     pair = Peers()
     yield pair
     await pair.close()
+
+
+async def send_sync_media(
+    peers: Peers, sync_media: tuple[EncodedMedia, EncodedMedia], audio_from: float = 0.0
+) -> Clock:
+    """Connects the peers, the sender sending the flashing video and the beeping audio
+    (from ``audio_from`` seconds of it) paced on one clock, which it returns."""
+    video_media, audio_media = sync_media
+    clock = Clock()
+    peers.sender.addTrack(PacketTrack("video", video_media, clock))
+    peers.sender.addTrack(PacketTrack("audio", audio_media, clock, start_at=audio_from))
+    await peers.connect()
+    return clock
+
+
+async def recorder_once_synchronised(peers: Peers, path: Path) -> MediaRecorder:
+    """A recorder of the receiver's tracks, returned once their sender has reported."""
+    recorder = MediaRecorder(path)
+    for track in peers.remote_tracks:
+        recorder.addTrack(track)
+    taps = [tap_module.tap_track(track) for track in peers.remote_tracks]
+    await wait_for(lambda: all(t is not None and t.synchronised for t in taps), 8, "sender reports")
+    return recorder
+
+
+def assert_beeps_with_flashes(flashes: list[float], beeps: list[float]) -> None:
+    """Each flash has a beep within 20 ms of it."""
+    pairs = [(f, min(beeps, key=lambda b, f=f: abs(b - f))) for f in flashes]
+    assert all(abs(f - b) <= 0.02 for f, b in pairs), pairs
 
 
 def first_video_after(path: Path, instants: list[float]) -> list[bool]:
@@ -209,11 +242,7 @@ async def test_pass_through_and_a_reader_of_decoded_frames_both_work(
 async def test_audio_and_video_stay_in_sync_across_pauses(
     peers: Peers, sync_media: tuple[EncodedMedia, EncodedMedia], tmp_path: Path
 ) -> None:
-    video_media, audio_media = sync_media
-    clock = Clock()
-    peers.sender.addTrack(PacketTrack("video", video_media, clock))
-    peers.sender.addTrack(PacketTrack("audio", audio_media, clock, start_at=0.3))
-    await peers.connect()
+    await send_sync_media(peers, sync_media, audio_from=0.3)
     path = tmp_path / "sync.webm"
     recorder = MediaRecorder(path)
     for track in peers.remote_tracks:
@@ -230,8 +259,71 @@ async def test_audio_and_video_stay_in_sync_across_pauses(
     assert [t["path"] for t in recorder.getStats()["tracks"]] == ["passthrough", "passthrough"]
     flashes, beeps = flash_times(path)
     assert len(flashes) >= 4, (flashes, beeps)
-    pairs = [(f, min(beeps, key=lambda b, f=f: abs(b - f))) for f in flashes]
-    assert all(abs(f - b) <= 0.02 for f, b in pairs), pairs
+    assert_beeps_with_flashes(flashes, beeps)
+
+
+async def test_sound_from_a_pause_is_kept_when_the_resume_moves_back_to_its_keyframe(
+    peers: Peers, sync_media: tuple[EncodedMedia, EncodedMedia], tmp_path: Path
+) -> None:
+    # The keyframe that settles a resume may have been taken a little before it (a sender
+    # working through a queue, or a busy one): video reaches the receiver 300 ms after
+    # audio here, and the resume comes 60 ms after a keyframe (with a flash and a beep)
+    # was taken. The resume moves back to that keyframe, and the sound from there on,
+    # which arrived while the recording was still paused, must come back with it.
+    clock = await send_sync_media(peers, sync_media)
+    video_ssrc = next(s for s in peers.sender.getSenders() if s.track.kind == "video")._ssrc
+    delay_rtp(peers.receiver, lambda packet: packet.ssrc == video_ssrc, 0.3)
+    path = tmp_path / "moved_back.webm"
+    recorder = await recorder_once_synchronised(peers, path)
+    # (started between flashes: sound from before the start is not the recording's, so a
+    # start moved back to a keyframe with a flash would have the flash without its beep)
+    await asyncio.sleep((0.1 - clock.now()) % FLASH_PERIOD)
+    await recorder.start()
+    flash = next(f for f in flash_instants(12.0) if f > clock.now() + 1.5)
+    await asyncio.sleep(flash - 0.6 - clock.now())
+    await recorder.pause()
+    await asyncio.sleep(flash + 0.06 - clock.now())
+    await recorder.resume()
+    await asyncio.sleep(1.5)
+    await recorder.stop()
+
+    # (the flash before the pause and the one the resume moved back to are 0.4 s apart)
+    flashes, beeps = flash_times(path, spacing=2 * FLASH_LENGTH)
+    # The flash of the keyframe the resume moved back to, and the next one a second later.
+    assert len(flashes) >= 2 and flashes[-1] - flashes[-2] == pytest.approx(1.0, abs=0.01), flashes
+    moved_back = flashes[-2]
+    # Sound is there at that flash: the packet playing then came after the cut.
+    audio = audio_packets(path, sync_media[1])
+    assert any(out <= moved_back < out + 0.02 for out, _ in audio), (moved_back, audio)
+    # Every packet after the cut sits where the video of its instant does (its source time
+    # read from its bytes), within 20 ms; and decoded, each beep starts with its flash.
+    video_offset = moved_back - flash
+    offsets = [
+        out - taken - video_offset
+        for out, taken in audio
+        if taken is not None and taken > flash - 0.5  # (the pause began 0.6 s before it)
+    ]
+    assert offsets and all(abs(offset) <= 0.02 for offset in offsets), offsets
+    assert_beeps_with_flashes(flashes, beeps)
+    assert not ffmpeg_errors(path)
+
+
+def audio_packets(path: Path, media: EncodedMedia) -> list[tuple[float, float | None]]:
+    """A file's audio packets as (output time, source time), the source time read from the
+    packet's bytes where they are unique in ``media`` (silence repeats), else None."""
+    seen: dict[bytes, list[float]] = {}
+    for taken, data, _ in media.packets:
+        seen.setdefault(bytes(data), []).append(taken)
+    found = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(audio=0):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            times = seen.get(bytes(packet), [])
+            found.append(
+                (float(packet.pts * packet.time_base), times[0] if len(times) == 1 else None)
+            )
+    return found
 
 
 async def test_sender_reports_keep_sync_when_one_track_is_delayed_in_transit(
@@ -239,19 +331,11 @@ async def test_sender_reports_keep_sync_when_one_track_is_delayed_in_transit(
 ) -> None:
     # Audio packets reach the receiver 120 ms later than video ones (as on a path where
     # audio is queued): arrival times lie, the senders' RTCP reports do not.
-    video_media, audio_media = sync_media
-    clock = Clock()
-    peers.sender.addTrack(PacketTrack("video", video_media, clock))
-    peers.sender.addTrack(PacketTrack("audio", audio_media, clock))
-    await peers.connect()
+    await send_sync_media(peers, sync_media)
     delay_rtp(
         peers.receiver, lambda packet: packet.payload_type < 100 and len(packet.payload) < 400, 0.12
     )
-    recorder = MediaRecorder(tmp_path / "delayed.webm")
-    for track in peers.remote_tracks:
-        recorder.addTrack(track)
-    taps = [tap_module.tap_track(track) for track in peers.remote_tracks]
-    await wait_for(lambda: all(t is not None and t.synchronised for t in taps), 8, "sender reports")
+    recorder = await recorder_once_synchronised(peers, tmp_path / "delayed.webm")
     await recorder.start()
     await asyncio.sleep(3.5)
     await recorder.stop()
@@ -262,8 +346,7 @@ async def test_sender_reports_keep_sync_when_one_track_is_delayed_in_transit(
     # that starts on a white picture started inside a flash, whose onset it does not hold)
     flashes = [f for f in flashes if 0 < f < audio_end - 0.2]
     assert len(flashes) >= 2
-    pairs = [(f, min(beeps, key=lambda b, f=f: abs(b - f))) for f in flashes]
-    assert all(abs(f - b) <= 0.02 for f, b in pairs), pairs
+    assert_beeps_with_flashes(flashes, beeps)
 
 
 def delay_rtp(pc: RTCPeerConnection, which: Callable[[Any], bool], seconds: float) -> None:

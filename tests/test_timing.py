@@ -16,6 +16,7 @@ from rtc_recorder.timing import (
     SETTLING,
     SLEW,
     FrameInterval,
+    MemberTimeline,
     SenderClock,
     SenderReport,
     StreamClock,
@@ -255,6 +256,8 @@ def test_a_resume_waits_for_the_first_keyframe_and_rounds_the_cut_down_for_it() 
     out = timeline.output_time(keyframe)
     assert out is not None and out >= 1.0 + 0.001
     assert out == pytest.approx(1.0 + 0.7 * FRAME)  # 10 frames cut instead
+    # Recorded from where the output goes on after the cut: no gap in the sound there.
+    assert timeline.output_time(11.0 + 10 * FRAME) == pytest.approx(1.0)
 
 
 def test_a_keyframe_taken_just_before_the_resume_moves_the_resume_back() -> None:
@@ -267,7 +270,56 @@ def test_a_keyframe_taken_just_before_the_resume_moves_the_resume_back() -> None
     timeline.settle(keyframe, after=0.001)
     assert timeline.output_time(keyframe) is not None
     assert timeline.paused_time(13.0) == pytest.approx(1.0)  # as asked
-    assert timeline.recorded_time(13.0) == pytest.approx(2.1)  # what the file lasts
+    # 26 whole frames cut (27 would put the keyframe before the cut): what the file lasts,
+    # recorded from 11.0 + 26 frames on, so the output has no gap at the cut.
+    assert timeline.recorded_time(13.0) == pytest.approx(3.0 - 26 * FRAME)
+    assert timeline.output_time(13.0) == pytest.approx(3.0 - 26 * FRAME)
+    assert timeline.output_time(11.0 + 26 * FRAME) == pytest.approx(1.0)
+    assert timeline.output_time(11.0 + 25.9 * FRAME) is None
+
+
+def test_media_from_a_pause_waits_for_the_resume_that_may_move_back_to_it() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    # Sound taken during the pause waits (a keyframe taken at 11.9 may settle a resume at
+    # 12.0 and bring it back), media from before the pause does not.
+    assert timeline.holds(11.9) and not timeline.holds(10.99)
+    assert timeline.output_time(11.9) is None
+    # Held longer than a resume could reach back, it is let go.
+    assert not timeline.beyond_resume(11.9, now=11.9 + EARLY_KEYFRAME)
+    assert timeline.beyond_resume(11.9, now=11.91 + EARLY_KEYFRAME)
+    timeline.resume(12.0)
+    assert not timeline.beyond_resume(11.9, now=20.0)  # (only during a pause)
+    assert timeline.holds(11.9)
+    timeline.settle(11.9, after=0.001)
+    assert not timeline.holds(11.9)
+    # recorded, a frame after the cut (the cut is whole frames, rounded down for it)
+    assert timeline.output_time(11.9) == pytest.approx(1.0 + FRAME)
+
+
+def test_a_resume_moves_back_at_most_as_far_as_a_sender_queue_reaches() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    timeline.resume(20.0)
+    assert timeline.can_settle_at(20.0 - EARLY_KEYFRAME, arrival=20.01)
+    assert not timeline.can_settle_at(19.99 - EARLY_KEYFRAME, arrival=20.01)
+    assert not timeline.holds(19.99 - EARLY_KEYFRAME)
+
+
+def test_a_stopped_pause_holds_nothing() -> None:
+    timeline = settled_timeline()
+    timeline.pause(11.0)
+    timeline.stop(11.5)
+    assert not timeline.holds(11.2)
+    assert timeline.output_time(11.2) is None
+
+
+def test_a_file_that_stopped_during_its_rooms_pause_holds_nothing_for_the_resume() -> None:
+    shared = settled_timeline()
+    member, stopped = MemberTimeline(shared), MemberTimeline(shared)
+    shared.pause(11.0)
+    stopped.stop(11.5)
+    assert member.holds(11.6) and not stopped.holds(11.6)
 
 
 def test_a_keyframe_from_before_the_pause_cannot_settle_a_resume() -> None:
@@ -293,6 +345,7 @@ def test_audio_only_recordings_are_never_held() -> None:
     timeline = Timeline(10.0, lambda: None, video=False)
     assert not timeline.holds(10.5)
     timeline.pause(11.0)
+    assert not timeline.holds(11.1)  # no keyframe will move the resume back
     timeline.resume(11.25)
     assert not timeline.holds(11.3)
     assert timeline.output_time(11.3) == pytest.approx(1.05)  # cut exactly, no grid
