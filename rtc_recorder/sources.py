@@ -31,7 +31,7 @@ from .codecs import is_keyframe
 from .encoding import MICROSECOND, MediaItem
 from .errors import NotSupportedError
 from .receive.hooks import EncodedFrame, ReceiverTap, Subscription
-from .timing import KEYFRAME_LEAD, RecordingTimeline, SenderClock, StreamClock
+from .timing import RecordingTimeline, SenderClock, StreamClock
 from .writer import RecordingWriter
 
 logger = logging.getLogger("rtc_recorder")
@@ -334,7 +334,7 @@ class EncodedInput(TrackInput):
             keyframe = self.kind == "video" and is_keyframe(frame.codec, frame.data)
             if self._timeline.holds(reference):
                 if keyframe and self._timeline.can_settle_at(reference, frame.arrival):
-                    self._timeline.settle(reference, after=KEYFRAME_LEAD)
+                    self._timeline.settle(reference, after=CONTAINER_TICK_US / MICROSECOND)
                 elif self.kind == "video" or self._timeline.beyond_resume(
                     reference, self._pending[-1].arrival
                 ):

@@ -76,10 +76,6 @@ REPORT_WINDOW = 4
 # The keyframe that answers a (re)start's request may show a picture taken up to this long
 # before the (re)start (seconds): a sender working through a queue of captured pictures.
 EARLY_KEYFRAME = 2.0
-# A keyframe that settles a resume lands at least this long after the cut (seconds): the
-# sound taken with it (in packets of up to 20 ms, placed by a clock a few milliseconds
-# apart from video's) is recorded with it.
-KEYFRAME_LEAD = 0.02
 # A (re)start that video has not settled after this long (seconds) settles without it.
 OPEN_DEADLINE = 1.5
 # A pause or stop comes at least this long after the latest media recorded.
@@ -484,7 +480,7 @@ class Timeline:
             self._excised[-1] = self._excised[-2] + cut
         # The output goes on at the cut with what was taken at begin + cut: record from
         # there (sound before the keyframe; video waits for it), so the sound has no gap
-        # at the cut and the sound taken with the keyframe is there however it was rounded.
+        # at the cut.
         seamless = begin + cut
         if seamless < end:
             self._given_back += end - seamless
