@@ -30,8 +30,13 @@ async def test_h264_resolution_change_keeps_the_file_valid(suffix: str, tmp_path
         recorder.addTrack(peers.remote_tracks[0])
         await recorder.start()
         await wait_for(lambda: frames_written(recorder) >= 10, 10, "frames at the first size")
-        # The camera switches a few frames from now, once the first size is in the file.
-        video.sizes.append((video._index / video.fps + 0.2, 640, 360))
+        # The camera switches 0.2 s from now, once the first size is in the file. (Not a
+        # few frames from its latest: right after connecting, the sender may still be
+        # working through a burst of frames that fell due while it connected, a second
+        # ahead of what is recorded, and the recording would end before its switch.)
+        switch = max(video.clock.now(), video._index / video.fps) + 0.2
+        video.sizes.append((switch, 640, 360))
+        await wait_for(lambda: video._index / video.fps >= switch + 0.3, 10, "the new size sent")
         written = frames_written(recorder)
         await wait_for(lambda: frames_written(recorder) >= written + 20, 10, "the new size")
         await recorder.stop()
