@@ -468,10 +468,6 @@ class Timeline:
             self.start = min(self.start, keyframe)
             return
         begin, end = self._pause_starts[-1], self._pause_ends[-1]
-        if keyframe < end:
-            moved = max(keyframe, begin)
-            self._given_back += end - moved
-            self._pause_ends[-1] = end = moved
         cut = self._excised[-1] - self._excised[-2]
         room = keyframe - begin - after  # the most this pause may cut out
         if cut > room:
@@ -480,7 +476,8 @@ class Timeline:
             self._excised[-1] = self._excised[-2] + cut
         # The output goes on at the cut with what was taken at begin + cut: record from
         # there (sound before the keyframe; video waits for it), so the sound has no gap
-        # at the cut.
+        # at the cut. That is never after the keyframe (the cut leaves it room), so a
+        # keyframe taken before the resume is recorded: the resume moves back past it.
         seamless = begin + cut
         if seamless < end:
             self._given_back += end - seamless
