@@ -70,9 +70,16 @@ GRID_TOLERANCE = 0.08
 REPORT_JUMP = 1.0
 JUMP_REPORTS = 3
 # A report is stamped when the sender sends it, never before the media it describes was
-# live, so of the latest REPORT_WINDOW reports the one that puts the stream earliest is
-# the best told (the others were stamped by a sender running late), and is followed.
+# live, so of the latest reports (at most REPORT_WINDOW, sent within REPORT_SPAN seconds of
+# the sender's time of each other) the one that puts the stream earliest is the best told
+# (the others were stamped by a sender running late: aiortc, every 0.5-1.5 s, stamps its
+# latest packet's timestamp with the instant it sends), and is followed. The span is short
+# of the 2.5-7.5 s between a browser's audio reports (libwebrtc's are exact: it carries the
+# timestamp forward to the instant it sends), so such a sender's latest report is followed
+# whichever way it moves: a microphone whose capture slipped (a buffer lost) moves the
+# sound later, and the reports say so.
 REPORT_WINDOW = 4
+REPORT_SPAN = 3.0
 # The keyframe that answers a (re)start's request may show a picture taken up to this long
 # before the (re)start (seconds): a sender working through a queue of captured pictures.
 EARLY_KEYFRAME = 2.0
@@ -176,11 +183,12 @@ class StreamClock:
     A *leading* stream (a sender's video) keeps the mapping of the first report it was
     placed by: its frames keep the exact cadence of their timestamps, which is what keeps
     video on its frame grid. The other streams (audio) follow the best told of the latest
-    reports (:data:`REPORT_WINDOW`), moving towards it by at most :data:`SLEW` of the
-    media time elapsed, so a sender whose audio clock drifts from its wall clock stays in
-    sync without a click or an overlap. A change beyond :data:`REPORT_JUMP` (a sender
-    that restarted its clock) is taken by either: at once if it puts the stream earlier,
-    once :data:`JUMP_REPORTS` reports in a row agree on it if later.
+    reports (:data:`REPORT_WINDOW`, :data:`REPORT_SPAN`), moving towards it by at most
+    :data:`SLEW` of the media time elapsed, so a sender whose audio clock drifts from its
+    wall clock, or whose microphone slipped, stays in sync without a click or an
+    overlap. A change beyond :data:`REPORT_JUMP` (a sender that restarted its clock) is
+    taken by either: at once if it puts the stream earlier, once :data:`JUMP_REPORTS`
+    reports in a row agree on it if later.
     """
 
     def __init__(
@@ -239,8 +247,11 @@ class StreamClock:
             self._take_clock(jumps)
             return
         self._jumps.clear()
-        self._reports.append(report)
-        self._target = min(self._reports, key=self._offset_of)
+        reports = self._reports
+        reports.append(report)
+        while report.ntp_seconds - reports[0].ntp_seconds > REPORT_SPAN:
+            reports.popleft()
+        self._target = min(reports, key=self._offset_of)
 
     def _take_clock(self, reports: list[SenderReport]) -> None:
         """Follow ``reports`` from now, at once (they tell a clock the earlier ones did not)."""
@@ -262,7 +273,13 @@ class StreamClock:
         if anchor is None or target is None:
             return None
         current = anchor.ntp_seconds + (timestamp - anchor.timestamp) / self.rate
-        if target is anchor or self._leading:
+        if self._leading:
+            return current
+        if target is anchor:
+            # On the mapping followed: a move to the next starts from here, so a report
+            # that comes seconds later still moves the stream at the slew's pace.
+            if self._moved_at is None or timestamp > self._moved_at:
+                self._moved_at = timestamp
             return current
         wanted = target.ntp_seconds + (timestamp - target.timestamp) / self.rate
         error = wanted - current

@@ -12,6 +12,7 @@ from rtc_recorder.timing import (
     EARLY_KEYFRAME,
     JUMP_REPORTS,
     MAX_SKEW,
+    REPORT_SPAN,
     REPORT_WINDOW,
     SETTLING,
     SLEW,
@@ -155,10 +156,47 @@ def test_a_report_stamped_by_a_stalled_sender_moves_nothing(leading: bool) -> No
     clock.sender_report(SenderReport(1000.0, 0))
     clock.sender_report(SenderReport(1002.2, 48000))
     clock.sender_report(SenderReport(1002.005, 96000))
-    clock.sender_report(SenderReport(1003.03, 144000))  # 30 ms late: not followed either
+    clock.sender_report(SenderReport(1002.53, 120000))  # 30 ms late: not followed either
     times = [clock.sender_time(96000 + 960 * k) for k in range(200)]
     assert times[0] == pytest.approx(1002.0)
     assert times[-1] == pytest.approx(1002.0 + 199 * 0.020)
+
+
+@pytest.mark.parametrize("moved", [0.010, -0.010])
+def test_a_browsers_sparse_exact_reports_are_followed_whichever_way_they_move(
+    moved: float,
+) -> None:
+    # libwebrtc reports audio every 2.5-7.5 s, exactly: when its microphone's capture
+    # slips (a 10 ms buffer lost), the next report says the sound is 10 ms later, and the
+    # stream follows it at once, a slew away, though earlier reports said otherwise.
+    clock = StreamClock(48000, settled_sender())
+    for k, ntp in enumerate([1000.0, 1005.5, 1011.0]):
+        clock.sender_report(SenderReport(ntp, int(ntp - 1000.0) * 48000 + 24000 * (k % 2)))
+    before = [clock.sender_time(12 * 48000 + 960 * k) for k in range(201)]  # packets
+    assert before[-1] == pytest.approx(1016.0, abs=1e-9)
+    clock.sender_report(SenderReport(1016.0 + moved, 16 * 48000))
+    times = [clock.sender_time(16 * 48000 + 960 * k) for k in range(300)]
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(abs(step - 0.020) <= 0.020 * SLEW + 1e-7 for step in steps)
+    assert times[-1] == pytest.approx(1016.0 + moved + 299 * 0.020, abs=1e-6)
+    assert times[0] == pytest.approx(1016.0, abs=1e-6)  # and not before it slewed there
+
+
+def test_reports_within_the_span_keep_the_best_told_however_many_came() -> None:
+    # A late-stamping sender reporting every second or so: reports 12 ms later are not
+    # followed while one that places the stream earlier is within REPORT_SPAN of them,
+    # and are once it is older.
+    clock = StreamClock(48000, settled_sender())
+    clock.sender_report(SenderReport(1000.0, 0))
+    late = [1.0, 2.0, REPORT_SPAN - 0.1]
+    for second in late:
+        clock.sender_report(SenderReport(1000.012 + second, round(second * 48000)))
+    times = [clock.sender_time(960 * k) for k in range(400)]  # packets to 8 s
+    assert times[-1] == pytest.approx(1000.0 + 399 * 0.020, abs=1e-9)
+    clock.sender_report(SenderReport(1008.512, round(8.5 * 48000)))
+    times = [clock.sender_time(960 * k) for k in range(400, 600)]
+    assert times[0] == pytest.approx(1008.0, abs=1e-4)  # moving, a slew at a time
+    assert times[-1] == pytest.approx(1000.012 + 599 * 0.020, abs=1e-9)
 
 
 def test_a_stalled_sender_keeps_its_video_on_the_grid() -> None:
