@@ -42,7 +42,13 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
-from .browser_media import SyncTrace, describe_segments, fake_capture_args, trace_recording
+from .browser_media import (
+    Flash,
+    SyncTrace,
+    describe_segments,
+    fake_capture_args,
+    trace_recording,
+)
 from .chromium import (
     TIMEOUT_MS,
     click_timed,
@@ -123,16 +129,24 @@ class Run:
     pauses: list[tuple[float, float]]
 
 
-async def record_with_pauses(page: Page) -> tuple[float, list[tuple[float, float]]]:
-    """Starts the capture tap and the browser's own recorder, then with the page's
-    buttons: Start, then Pause and Resume :data:`PAUSES` times. Returns when the
-    browser's recorder started, and when the server carried out each pause and its
-    resume (seconds, the browser's wall clock)."""
-    pauses = []
+async def start_recording(page: Page) -> float:
+    """Starts the capture tap, the browser's own recorder and, with the page's Start
+    button, the server's recording; returns when the browser's recorder started (seconds,
+    the browser's wall clock)."""
     await start_capture_tap(page)
-    local_start = await page.evaluate(START_LOCAL_RECORDER)
+    local_start: float = await page.evaluate(START_LOCAL_RECORDER)
     await click_timed(page, "Start", "start")
     await expect_state(page, "recording")
+    return local_start
+
+
+async def record_with_pauses(page: Page) -> tuple[float, list[tuple[float, float]]]:
+    """Starts recording (:func:`start_recording`), then with the page's buttons Pauses
+    and Resumes :data:`PAUSES` times. Returns when the browser's recorder started, and
+    when the server carried out each pause and its resume (seconds, the browser's wall
+    clock)."""
+    pauses = []
+    local_start = await start_recording(page)
     for _ in range(PAUSES):
         await wait_recorded(page, await recorded_seconds(page) + RECORD_SECONDS)
         paused = await click_timed(page, "Pause", "pause")
@@ -166,15 +180,11 @@ def stop_audio_service(audio_file: str, seconds: float) -> None:
 async def record_with_a_microphone_slip(
     page: Page, audio_file: str
 ) -> tuple[float, list[tuple[float, float]]]:
-    """Starts the tap, the browser's recorder and the server's recording; once
-    :data:`RECORD_SECONDS` are recorded, Chromium's audio service stops for
-    :data:`SLIP_SECONDS` (its fake microphone misses as many 10 ms buffers, and goes on
-    that much later against the camera), then recording goes on for
-    :data:`AFTER_SLIP_SECONDS`. No pauses."""
-    await start_capture_tap(page)
-    local_start = await page.evaluate(START_LOCAL_RECORDER)
-    await click_timed(page, "Start", "start")
-    await expect_state(page, "recording")
+    """Starts recording (:func:`start_recording`); once :data:`RECORD_SECONDS` are
+    recorded, Chromium's audio service stops for :data:`SLIP_SECONDS` (its fake microphone
+    misses as many 10 ms buffers, and goes on that much later against the camera), then
+    recording goes on for :data:`AFTER_SLIP_SECONDS`. No pauses."""
+    local_start = await start_recording(page)
     await wait_recorded(page, await recorded_seconds(page) + RECORD_SECONDS)
     await asyncio.to_thread(stop_audio_service, audio_file, SLIP_SECONDS)
     end = await recorded_seconds(page) + AFTER_SLIP_SECONDS
@@ -223,10 +233,16 @@ def spread(values: list[float]) -> float:
     return max(values) - min(values)
 
 
+def paired(trace: SyncTrace, reference: SyncTrace) -> list[tuple[Flash, float]]:
+    """Each flash of ``trace`` that ``reference`` has too, with the reference's offset for
+    it (beeps paired as the reference's offsets expect)."""
+    theirs = {flash.number: flash.offset for flash in reference.offsets()}
+    return [(f, theirs[f.number]) for f in trace.offsets(theirs) if f.number in theirs]
+
+
 def against(trace: SyncTrace, reference: SyncTrace) -> list[float]:
     """Each flash's offset in ``trace`` less the reference's for the same flash."""
-    theirs = {flash.number: flash.offset for flash in reference.offsets()}
-    return [f.offset - theirs[f.number] for f in trace.offsets(theirs) if f.number in theirs]
+    return [flash.offset - theirs for flash, theirs in paired(trace, reference)]
 
 
 def describe_differences(name: str, differences: list[float]) -> str:
@@ -303,9 +319,9 @@ async def test_server_recording_keeps_chromiums_captured_flash_to_beep_offset_ac
     theirs = {flash.number: flash.offset for flash in capture.offsets()}
     segments = server.segments(expected=theirs)
     assert all(any(f.number in theirs for f in flashes) for flashes in segments), summary
-    differences = against(server, capture)
-    common = [f for f in server.offsets(theirs) if f.number in theirs]
-    moved = spread([f.offset for f in common]) - spread([theirs[f.number] for f in common])
+    pairs = paired(server, capture)
+    differences = [flash.offset - captured for flash, captured in pairs]
+    moved = spread([flash.offset for flash, _ in pairs]) - spread([c for _, c in pairs])
     held = spread(differences) <= SPREAD_LIMIT  # moving with the capture, flash for flash
     steady = moved <= SPREAD_LIMIT  # or no more than it moved
     assert held or steady, summary
@@ -332,21 +348,21 @@ async def test_server_recording_follows_chromiums_microphone_when_it_slips(
 
     server: SyncTrace = await asyncio.to_thread(trace_recording, served)
     capture = trace_tap(run.tap, run.clock.seconds)
-    theirs = {flash.number: flash.offset for flash in capture.offsets()}
-    common = [flash for flash in server.offsets(theirs) if flash.number in theirs]
+    pairs = paired(server, capture)
     summary = "\n".join(
-        f"#{f.number} at {f.time:.1f} s: capture {1000 * theirs[f.number]:+.1f} ms, "
-        f"server {1000 * f.offset:+.1f} ms ({1000 * (f.offset - theirs[f.number]):+.1f})"
-        for f in common
+        f"#{f.number} at {f.time:.1f} s: capture {1000 * captured:+.1f} ms, "
+        f"server {1000 * f.offset:+.1f} ms ({1000 * (f.offset - captured):+.1f})"
+        for f, captured in pairs
     )
     print()
     print(summary)
-    assert len(common) >= 2, summary
-    slip = theirs[common[-1].number] - theirs[common[0].number]
-    assert slip >= SLIP_AT_LEAST, f"Chromium's microphone did not slip:\n{summary}"
-    assert abs(common[0].offset - theirs[common[0].number]) <= CAPTURE_LIMIT, summary
-    end = common[-1].time
-    followed = [f for f in common if f.time >= end - FOLLOWED]
-    assert all(abs(f.offset - theirs[f.number]) <= FOLLOWED_LIMIT for f in followed), summary
+    assert len(pairs) >= 2, summary
+    (first, captured_first), (last, captured_last) = pairs[0], pairs[-1]
+    assert captured_last - captured_first >= SLIP_AT_LEAST, (
+        f"Chromium's microphone did not slip:\n{summary}"
+    )
+    assert abs(first.offset - captured_first) <= CAPTURE_LIMIT, summary
+    followed = [(f, captured) for f, captured in pairs if f.time >= last.time - FOLLOWED]
+    assert all(abs(f.offset - c) <= FOLLOWED_LIMIT for f, c in followed), summary
     errors = ffmpeg_errors(served, "-vsync", "vfr")
     assert not errors, errors

@@ -435,8 +435,9 @@ async def test_lost_packets_give_a_clean_file_and_keyframe_requests(
     # every lost packet stays lost (retransmissions dropped too): video still flows, each
     # time from a keyframe asked for
     assert len(info["video"].frames) >= 30 and len(info["audio"].frames) >= 300
+    assert info["video"].packets[0][1]
     keyframes = [at for at, key, _ in info["video"].packets if key]
-    assert keyframes[0] == info["video"].packets[0][0] and len(keyframes) >= 3, keyframes
+    assert len(keyframes) >= 3, keyframes
     assert stats[0]["keyframeRequests"] >= 1
 
 
