@@ -42,6 +42,8 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
+from rtc_recorder.timing import SLEW
+
 from .browser_media import (
     Flash,
     SyncTrace,
@@ -78,12 +80,17 @@ CAPTURE_LIMIT = 0.020  # ...and each is the capture's within this
 CUT_LIMIT = 0.070  # a cut removes the pause's length within two frame intervals
 KEYFRAME_WAIT_LIMIT = 0.200  # output time from the last frame before a cut to the next
 # The microphone slip: Chromium's audio service stopped this long (seconds) misses three
-# or four 10 ms buffers; the server has its next audio sender report (2.5-7.5 s on) and
-# the slew (0.5 %: 6 s for 30 ms) to follow, within the last FOLLOWED seconds recorded.
+# or four 10 ms buffers; the server has its next audio sender report (at most
+# LATEST_REPORT seconds on) and the slew (0.5 %: 6 s for 30 ms) to follow, within the last
+# FOLLOWED seconds recorded. On a starved machine the microphone goes on slipping (once
+# 190 ms in 17 s), faster than the slew follows: the server is then held to having come
+# as far as the slew reaches (FOLLOWED_REACH), not to the capture.
 SLIP_SECONDS = 0.035
 AFTER_SLIP_SECONDS = 17.0
 SLIP_AT_LEAST = 0.020  # the capture's offset moved this much at least, or no slip was made
 FOLLOWED = 2.5
+LATEST_REPORT = 7.5
+FOLLOWED_REACH = SLEW * (AFTER_SLIP_SECONDS - FOLLOWED - LATEST_REPORT)
 FOLLOWED_LIMIT = 0.010  # the server's offsets then are the capture's within this
 
 # What the page does between connecting and stopping: returns when the browser's own
@@ -362,7 +369,14 @@ async def test_server_recording_follows_chromiums_microphone_when_it_slips(
         f"Chromium's microphone did not slip:\n{summary}"
     )
     assert abs(first.offset - captured_first) <= CAPTURE_LIMIT, summary
-    followed = [(f, captured) for f, captured in pairs if f.time >= last.time - FOLLOWED]
-    assert all(abs(f.offset - c) <= FOLLOWED_LIMIT for f, c in followed), summary
+    # In the last FOLLOWED seconds the server's offset has moved as the capture's did
+    # since the first flash, as far as the slew reaches, within FOLLOWED_LIMIT.
+    for flash, captured in pairs:
+        if flash.time >= last.time - FOLLOWED:
+            slipped = captured - captured_first
+            lag = slipped - (flash.offset - first.offset)
+            assert -FOLLOWED_LIMIT <= lag <= max(0, slipped - FOLLOWED_REACH) + FOLLOWED_LIMIT, (
+                summary
+            )
     errors = ffmpeg_errors(served, "-vsync", "vfr")
     assert not errors, errors
